@@ -1,0 +1,35 @@
+# agent-webkitd. `make run` and `make test` each do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint demo clean
+
+install: $(STAMP)
+
+# Re-install whenever the project's metadata changes; otherwise this is a no-op.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/agent-webkitd --config conf/dev.toml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check agent_webkitd tests
+	$(BIN)/ruff format --check agent_webkitd
+	$(BIN)/mypy
+
+# The daemon with the SDK's real bundled Claude Code CLI, pointed at a local stand-in
+# of the Anthropic Messages API: try the README's curl walkthrough without credentials.
+demo: install
+	$(BIN)/python -m tests.standin.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,226 @@
+"""Configuration: the TOML file of DESIGN.md §4 as frozen dataclasses, validated in one place.
+
+Every key has a default, so an empty file is a valid config. Unknown keys and wrong
+types are errors that name the key (`sessions.max_sessions`). Secrets never live here:
+they come from the environment (see `load_environment`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
+AUTH_TOKEN_ENV = "AGENT_WEBKIT_AUTH_TOKEN"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    keepalive_s: float = 15
+    max_body_bytes: int = 1_048_576
+    drain_timeout_s: float = 600
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    max_sessions: int = 100
+    idle_timeout_s: float = 300
+    ring_size: int = 1000
+    permission_timeout_s: float = 0
+    inbound_queue_size: int = 16
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    cli_path: str = ""
+    model: str = ""
+    permission_mode: str = "default"
+    allowed_permission_modes: tuple[str, ...] = ("default", "acceptEdits", "plan")
+    cwd: str = ""
+    allowed_cwd_roots: tuple[str, ...] = ()
+    include_partial_messages: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "memory"
+    dsn: str = ""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dotenv_path: str = ".env"
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file (None = all defaults)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    config = _build(Config, raw, prefix="")
+    _check_semantics(config)
+    return config
+
+
+def load_environment(config: Config) -> None:
+    """Load the .env file; variables already in the environment win over the file."""
+    load_dotenv(config.dotenv_path, override=False)
+
+
+def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown config key: {prefix}{key}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        name = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        value = raw[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a table")
+            values[f.name] = _build(hint, value, prefix=f"{name}.")  # type: ignore[arg-type]
+        else:
+            values[f.name] = _coerce(name, hint, value)
+    return cls(**values)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{name} must be a table of strings, got {value!r}")
+        return dict(value)
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such keys yet
+        raise ConfigError(f"{name}: unsupported type")
+    raise ConfigError(f"{name}: unsupported type {hint!r}")
+
+
+def _check_semantics(config: Config) -> None:
+    s, a = config.sessions, config.agent
+    _positive("server.port", config.server.port, upper=65535, zero_ok=True)
+    _positive("server.keepalive_s", config.server.keepalive_s)
+    _positive("server.max_body_bytes", config.server.max_body_bytes)
+    _positive("server.drain_timeout_s", config.server.drain_timeout_s, zero_ok=True)
+    _positive("sessions.max_sessions", s.max_sessions)
+    _positive("sessions.idle_timeout_s", s.idle_timeout_s)
+    _positive("sessions.ring_size", s.ring_size)
+    _positive("sessions.permission_timeout_s", s.permission_timeout_s, zero_ok=True)
+    _positive("sessions.inbound_queue_size", s.inbound_queue_size)
+    for mode in (*a.allowed_permission_modes, a.permission_mode):
+        if mode not in PERMISSION_MODES:
+            raise ConfigError(
+                f"agent.permission_mode: unknown mode {mode!r} (one of {', '.join(PERMISSION_MODES)})"
+            )
+    if a.permission_mode not in a.allowed_permission_modes:
+        raise ConfigError(
+            f"agent.permission_mode {a.permission_mode!r} is not in agent.allowed_permission_modes"
+        )
+    if config.store.backend not in ("memory", "postgres"):
+        raise ConfigError(f"store.backend must be 'memory' or 'postgres', got {config.store.backend!r}")
+    if config.logging.format not in ("json", "console"):
+        raise ConfigError(f"logging.format must be 'json' or 'console', got {config.logging.format!r}")
+    if config.logging.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"logging.level must be debug, info, warning or error, got {config.logging.level!r}")
+    if config.auth.disabled and not is_loopback(config.server.host):
+        raise ConfigError(
+            f"auth.disabled = true is only allowed when server.host is a loopback address "
+            f"(got {config.server.host!r})"
+        )
+
+
+def _positive(name: str, value: float, *, upper: float | None = None, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok) or (upper is not None and value > upper):
+        raise ConfigError(f"{name} is out of range: {value!r}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_token() -> str:
+    return os.environ.get(AUTH_TOKEN_ENV, "")
+
+
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "DSN")
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, with anything secret-looking redacted."""
+    data = dataclasses.asdict(config)
+    data["agent"]["env"] = {
+        k: ("<redacted>" if any(m in k.upper() for m in SECRET_MARKERS) else v)
+        for k, v in config.agent.env.items()
+    }
+    if config.store.dsn:
+        data["store"]["dsn"] = "<redacted>"
+    data["auth"]["token"] = "<set>" if auth_token() else "<not set>"
+    return data

@@ -1,0 +1,68 @@
+"""The daemon's life, in phases: start up, serve until a signal, shut down.
+
+Startup binds the port and starts the Supervisor. SIGTERM or SIGINT ends serving:
+the listener stops accepting, every session is closed (each stream ends with `done`,
+each CLI process ends), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .config import AUTH_TOKEN_ENV, Config, ConfigError, auth_token
+from .routes import build_app
+from .store import MemoryStore
+from .supervisor import Supervisor
+from .wire import PROTOCOL_VERSION
+
+log = structlog.get_logger(__name__)
+
+# Secrets the daemon reads at start-up and then removes from its environment, so the
+# CLI processes (and the tools they run) never inherit them.
+DAEMON_ONLY_ENV = (AUTH_TOKEN_ENV, "DATABASE_URL")
+
+
+def take_auth_token(config: Config) -> str:
+    token = auth_token()
+    for name in DAEMON_ONLY_ENV:
+        os.environ.pop(name, None)
+    if not token and not config.auth.disabled:
+        raise ConfigError(f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)")
+    return token
+
+
+async def serve(config: Config, token: str) -> None:
+    # Phase 1: start up.
+    supervisor = Supervisor(config, MemoryStore())
+    await supervisor.start()
+    app = build_app(config, supervisor, token)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    log.info(
+        "listening",
+        host=config.server.host,
+        port=config.server.port,
+        version=__version__,
+        protocol_version=PROTOCOL_VERSION,
+    )
+
+    # Phase 2: serve until SIGTERM or SIGINT.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Phase 3: shut down: close every session, then the listener.
+    log.info("shutting_down", live_sessions=len(supervisor.sessions))
+    await supervisor.stop()
+    await runner.cleanup()
+    log.info("stopped")

@@ -1,0 +1,104 @@
+"""The per-session event log: seq assignment, the ring of encoded frames, and wake-ups.
+
+Each event is encoded to its SSE frame once, at append, and that one `bytes` object is
+shared by every subscriber. The ring is a fixed list indexed by `seq % ring_size`, so
+append is O(1) and reading k events is O(k) with no scan. Subscribers keep their own
+cursor (the last seq they wrote) and wait on one shared `asyncio.Event` that is pulsed
+(set, then cleared) on every append: a waiter whose check found nothing new is woken by
+the next append, and a subscriber busy writing finds the new events on its next check,
+so no wake-up is ever missed. The log knows nothing about HTTP or the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from .store import Store
+
+_dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+class CursorUnavailable(Exception):
+    """The requested position is no longer (or not yet) in the log."""
+
+
+def encode_frame(seq: int | None, name: str, data: dict[str, Any]) -> bytes:
+    """One SSE frame. Raises TypeError/ValueError if `data` is not plain JSON."""
+    text = _dumps_compact(data)
+    head = f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
+    try:
+        return (head + text + "\n\n").encode()
+    except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
+        return (head + _dumps_ascii(data) + "\n\n").encode()
+
+
+class EventLog:
+    def __init__(self, session_id: str, ring_size: int, store: Store) -> None:
+        self.session_id = session_id
+        self._size = ring_size
+        self._ring: list[bytes] = [b""] * ring_size
+        self._store = store
+        self.last_seq = store.last_seq(session_id)
+        self.closed = False
+        self.ticks = 0  # bumped by pulse(); lets idle subscribers time their keepalives
+        self._changed = asyncio.Event()
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest seq still in the ring (== last_seq + 1 when the ring is empty)."""
+        return max(self._store.first_seq(self.session_id), self.last_seq - self._size + 1)
+
+    def append(self, name: str, data: dict[str, Any]) -> int:
+        """Assign the next seq, encode once, store, wake every subscriber. Never raises
+        for bad data: an event that cannot be encoded becomes an `error` event."""
+        if self.closed:
+            raise RuntimeError("append to a closed event log")
+        seq = self.last_seq + 1
+        try:
+            frame = encode_frame(seq, name, data)
+        except (TypeError, ValueError) as exc:
+            name, data = "error", {"code": "encode_failed", "message": f"could not encode {name}: {exc}"}
+            frame = encode_frame(seq, name, data)
+        self._ring[seq % self._size] = frame
+        self.last_seq = seq
+        self._store.append(self.session_id, seq, name, data)
+        self._wake()
+        return seq
+
+    def close(self) -> None:
+        """No more events; subscribers end once they have written everything."""
+        self.closed = True
+        self._wake()
+
+    def pulse(self) -> None:
+        """Wake idle subscribers so they can write a keepalive or notice a dead socket."""
+        self.ticks += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # set() resolves every current waiter; clear() right away re-arms for the next one.
+        self._changed.set()
+        self._changed.clear()
+
+    async def wait(self) -> None:
+        """Return at the next append, close or pulse. Callers check their cursor first."""
+        await self._changed.wait()
+
+    def check_cursor(self, after: int) -> None:
+        """Raise CursorUnavailable unless every event after `after` can still be read."""
+        if after > self.last_seq:
+            raise CursorUnavailable(f"event id {after} is beyond the newest event ({self.last_seq})")
+        if after < self.first_seq - 1:
+            raise CursorUnavailable(
+                f"events after {after} are no longer available (oldest kept: {self.first_seq})"
+            )
+
+    def frames_after(self, after: int, limit: int) -> list[bytes]:
+        """Up to `limit` frames with seq > after, oldest first. O(k)."""
+        self.check_cursor(after)
+        end = min(self.last_seq, after + limit)
+        ring, size = self._ring, self._size
+        return [ring[seq % size] for seq in range(after + 1, end + 1)]

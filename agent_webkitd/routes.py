@@ -1,0 +1,149 @@
+"""The HTTP layer: aiohttp routes, bearer auth, body limits and error mapping.
+
+It parses and validates requests (through `wire`), asks the Supervisor, and turns every
+failure into `{"error": {"code", "message"}}` with the right status. It knows nothing
+about the SDK.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from . import sse, wire
+from .config import Config
+from .errors import ApiError, bad_request
+from .supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+CONFIG = web.AppKey("config", Config)
+TOKEN = web.AppKey("token", str)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.body(), error.status, error.headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(ApiError(413, "payload_too_large", exc.text or "request body too large"))
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        response = error_response(ApiError(exc.status, code, exc.reason))
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        response = error_response(ApiError(500, "internal", "internal server error"))
+    log.info(
+        "http_request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    if config.auth.disabled or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    expected = request.app[TOKEN]
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
+    limit = request.app[CONFIG].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return None
+        raise bad_request("invalid_body", "the request body must be a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+
+
+async def create_session(request: web.Request) -> web.StreamResponse:
+    body = wire.parse_create(await read_json(request, allow_empty=True))
+    session = await request.app[SUPERVISOR].create(body)
+    return json_response({"session_id": session.id, "protocol_version": wire.PROTOCOL_VERSION})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
+    after = sse.resolve_start(session.log, sse.parse_cursor(request))
+    session.subscribers += 1
+    try:
+        return await sse.stream_events(request, session.log, after, {})
+    finally:
+        session.subscribers -= 1
+
+
+async def post_input(request: web.Request) -> web.StreamResponse:
+    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
+    message = wire.parse_inbound(await read_json(request, allow_empty=False))
+    await session.handle_input(message, request.app[CONFIG].agent.allowed_permission_modes)
+    return web.Response(status=204)
+
+
+async def delete_session(request: web.Request) -> web.StreamResponse:
+    await request.app[SUPERVISOR].delete(request.match_info["session_id"])
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return json_response({"ok": True, "live_sessions": len(request.app[SUPERVISOR].sessions)})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    return json_response({"ready": True})
+
+
+def build_app(config: Config, supervisor: Supervisor, token: str) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=config.server.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[SUPERVISOR] = supervisor
+    app[TOKEN] = token
+    app.router.add_post("/sessions", create_session)
+    app.router.add_get("/sessions/{session_id}/stream", stream)
+    app.router.add_post("/sessions/{session_id}/input", post_input)
+    app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,265 @@
+"""A Session: one ClaudeSDKClient (one CLI process), its inbound queue and its event log.
+
+One runner task owns the client from `connect()` to `disconnect()` (the SDK's anyio task
+group must be entered and left in the same task). Beside it, a reader task translates
+SDK messages through the Bridge, and a turn task sends queued user messages one at a
+time, each only after the previous turn's `result`. Control inputs (interrupt, decisions,
+mode and model changes) bypass the queue and go to the SDK at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    CLIJSONDecodeError,
+    ProcessError,
+)
+from claude_agent_sdk._errors import MessageParseError
+
+from . import wire
+from .bridge import Bridge
+from .config import AgentConfig
+from .errors import ApiError, unavailable
+from .eventlog import EventLog
+from .store import Store
+
+STDERR_TAIL_LINES = 40
+DISCONNECT_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session is built from: the operator's agent config plus the client's choices."""
+
+    agent: AgentConfig
+    model: str | None
+    permission_mode: str
+    cwd: str | None
+    ring_size: int
+    inbound_queue_size: int
+
+
+class AgentStartFailed(Exception):
+    def __init__(self, message: str, stderr_tail: str) -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+
+class Session:
+    def __init__(self, spec: SessionSpec, store: Store, on_closed: Callable[[Session], None]) -> None:
+        self.id = str(uuid.uuid4())
+        self._on_closed = on_closed
+        self.spec = spec
+        self.log = EventLog(self.id, spec.ring_size, store)
+        self.bridge = Bridge(self.id, self.emit, self._update_state)
+        self.state = "starting"
+        self.created_at = time.time()
+        self.last_input_at = time.monotonic()
+        self.subscribers = 0
+        self.logger = structlog.get_logger(__name__).bind(session_id=self.id)
+        self._inbox: asyncio.Queue[wire.UserMessage] = asyncio.Queue(spec.inbound_queue_size)
+        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._client: ClaudeSDKClient | None = None
+        self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._turn_done = asyncio.Event()
+        self._in_turn = False
+        self._cancelling = False
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the CLI and connect; raises AgentStartFailed if it cannot."""
+        self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
+        await self._connected
+        self.emit("session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION})
+        self._emit_state()
+
+    async def close(self) -> None:
+        """Disconnect the client (the CLI process ends), end every stream with `done`."""
+        self._stop.set()
+        if self._runner is not None:
+            await asyncio.shield(self._runner)
+
+    @property
+    def closed(self) -> bool:
+        return self.log.closed
+
+    def _options(self) -> ClaudeAgentOptions:
+        agent = self.spec.agent
+        return ClaudeAgentOptions(
+            cli_path=agent.cli_path or None,
+            model=self.spec.model or None,
+            permission_mode=self.spec.permission_mode,  # type: ignore[arg-type]
+            cwd=self.spec.cwd or None,
+            include_partial_messages=agent.include_partial_messages,
+            env=dict(agent.env),
+            can_use_tool=self.bridge.can_use_tool,
+            stderr=self._stderr.append,
+        )
+
+    async def _run(self) -> None:
+        client = ClaudeSDKClient(self._options())
+        started = time.monotonic()
+        try:
+            await client.connect()
+        except Exception as exc:  # any failure to start is reported to the creator
+            self._connected.set_exception(AgentStartFailed(str(exc), self.stderr_tail()))
+            self.log.close()
+            return
+        self._client = client
+        self.logger.info("session_connected", spawn_s=round(time.monotonic() - started, 3))
+        self._connected.set_result(None)
+        reader = asyncio.create_task(self._read(client))
+        turns = asyncio.create_task(self._serve_turns(client))
+        try:
+            await self._stop.wait()
+        finally:
+            for task in (turns, reader):
+                task.cancel()
+            await asyncio.gather(turns, reader, return_exceptions=True)
+            self.bridge.cancel_pending()
+            try:
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await client.disconnect()
+            except TimeoutError:
+                self.logger.error("disconnect_timeout")
+            self._client = None
+            self._in_turn = False
+            self.state = "closed"
+            self.emit("session_state", {"state": "closed"})
+            self.emit("done", {})
+            self.log.close()
+            self._on_closed(self)
+            self.logger.info("session_closed")
+
+    async def _read(self, client: ClaudeSDKClient) -> None:
+        """Translate SDK messages until the CLI goes away; then close the session."""
+        error: dict[str, str] | None = None
+        while error is None:
+            try:
+                async for message in client.receive_messages():
+                    if self.bridge.handle(message):
+                        self._turn_done.set()
+                error = {"code": "agent_exited", "message": self._exit_message("the agent process exited (code 0)")}
+            except MessageParseError as exc:
+                self.logger.warning("sdk_message_unparseable", error=str(exc))
+            except ProcessError as exc:
+                error = {"code": "agent_exited", "message": self._exit_message(f"the agent process exited (code {exc.exit_code})")}
+            except CLIJSONDecodeError as exc:
+                error = {"code": "agent_protocol_error", "message": self._exit_message(f"unreadable output from the agent: {str(exc)[:300]}")}
+            except Exception as exc:  # the SDK's reader failed: the session cannot go on
+                error = {"code": "agent_exited", "message": self._exit_message(f"{type(exc).__name__}: {exc}")}
+        self.logger.warning("agent_failed", code=error["code"], message=error["message"])
+        self.emit("error", error)
+        self._stop.set()
+
+    async def _serve_turns(self, client: ClaudeSDKClient) -> None:
+        while True:
+            message = await self._inbox.get()
+            self._turn_done.clear()
+            self._in_turn = True
+            self._emit_state()
+            try:
+                await client.query(_prompt(message.content))
+            except Exception as exc:  # the CLI is gone; the reader reports why
+                self.logger.warning("query_failed", error=str(exc))
+                return
+            await self._turn_done.wait()
+            self._in_turn = False
+            self._cancelling = False
+            if self._inbox.empty():
+                self._emit_state()
+
+    # -- inputs -----------------------------------------------------------------------
+
+    async def handle_input(self, message: wire.Inbound, allowed_modes: tuple[str, ...]) -> None:
+        if self.closed or self._client is None:
+            raise ApiError(404, "not_found", f"session {self.id!r} is closed")
+        self.last_input_at = time.monotonic()
+        client = self._client
+        match message:
+            case wire.UserMessage():
+                try:
+                    self._inbox.put_nowait(message)
+                except asyncio.QueueFull:
+                    raise unavailable("backpressure", "too many queued messages for this session; retry later", 2) from None
+            case wire.PermissionResponse() | wire.QuestionResponse():
+                self.bridge.reply(message)
+            case wire.SetPermissionMode(mode=mode):
+                wire.check_mode_allowed(mode, allowed_modes)
+                await _control(client.set_permission_mode(mode))  # type: ignore[arg-type]
+            case wire.SetModel(model=model):
+                await _control(client.set_model(model))
+            case wire.StopTask(task_id=task_id):
+                await _control(client.stop_task(task_id))
+            case wire.Interrupt():
+                if self._in_turn:
+                    self._cancelling = True
+                    self._emit_state()
+                    await _control(client.interrupt())
+
+    # -- events and state -------------------------------------------------------------
+
+    def emit(self, name: str, data: dict[str, Any]) -> int:
+        if self.log.closed:
+            return self.log.last_seq
+        return self.log.append(name, data)
+
+    def _update_state(self) -> None:
+        self._emit_state()
+
+    def _emit_state(self) -> None:
+        if not self._connected.done() or self.log.closed:
+            return
+        if not self._in_turn:
+            state = "idle"
+        elif self._cancelling:
+            state = "cancelling"
+        elif self.bridge.decisions.pending:
+            state = "awaiting_decision"
+        else:
+            state = "running"
+        if state != self.state:
+            self.state = state
+            self.emit("session_state", {"state": state})
+
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr)
+
+    def _exit_message(self, head: str) -> str:
+        tail = self.stderr_tail()
+        return f"{head}; stderr: {tail[-2000:]}" if tail else head
+
+
+async def _control(request: Awaitable[None]) -> None:
+    """Send a control request to the CLI; its failure is the agent's, not the client's."""
+    try:
+        await request
+    except Exception as exc:
+        raise ApiError(502, "agent_error", f"the agent did not accept the request: {exc}") from exc
+
+
+def _prompt(content: str | list[dict[str, Any]]) -> str | AsyncIterator[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+
+    async def one_message() -> AsyncIterator[dict[str, Any]]:
+        yield {
+            "type": "user",
+            "message": {"role": "user", "content": content},
+            "parent_tool_use_id": None,
+        }
+
+    return one_message()

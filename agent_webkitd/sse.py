@@ -1,0 +1,97 @@
+"""The SSE writer, written by hand: one per subscriber, streaming a session's EventLog.
+
+It resolves the resume cursor (`Last-Event-ID` header, else `?last_event_id=`), replays
+what the ring still holds, then tails live. Frames are the log's pre-encoded bytes; a
+subscriber that is behind writes many of them per socket write. Keepalive comments are
+timed by the log's pulses (one shared ticker, no timer per event or per subscriber).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .errors import ApiError, bad_request
+from .eventlog import CursorUnavailable, EventLog, encode_frame
+
+RETRY_MS = 2000
+MAX_FRAMES_PER_WRITE = 512
+KEEPALIVE = b": keepalive\n\n"
+# Pulses come every keepalive_s / 2; two idle pulses in a row mean keepalive_s of silence.
+IDLE_PULSES_PER_KEEPALIVE = 2
+
+
+def parse_cursor(request: web.Request) -> int | None:
+    """The client's resume position, or None for 'whatever history you still have'."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.query.get("last_event_id")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise bad_request("invalid_last_event_id", f"Last-Event-ID must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def resolve_start(log: EventLog, cursor: int | None) -> int:
+    """The seq after which to start sending; ApiError 412 if it cannot be honoured."""
+    if cursor is None:
+        return log.first_seq - 1
+    try:
+        log.check_cursor(cursor)
+    except CursorUnavailable as exc:
+        raise ApiError(412, "cursor_unavailable", str(exc)) from exc
+    return cursor
+
+
+async def stream_events(
+    request: web.Request, log: EventLog, after: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Replay-From": str(after + 1),
+            **headers,
+        },
+    )
+    await response.prepare(request)
+    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    cursor = after
+    idle_pulses = 0
+    ticks = log.ticks
+    try:
+        while True:
+            if cursor < log.last_seq:
+                try:
+                    frames = log.frames_after(cursor, MAX_FRAMES_PER_WRITE)
+                except CursorUnavailable:
+                    await response.write(
+                        encode_frame(None, "error", {
+                            "code": "evicted",
+                            "message": f"this stream fell more than the ring behind (at {cursor}); "
+                            "reconnect with Last-Event-ID to resume if the events are still kept",
+                        })
+                    )
+                    break
+                cursor += len(frames)
+                idle_pulses = 0
+                await response.write(b"".join(frames))
+                continue
+            if log.closed:
+                break
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            await log.wait()
+            if log.ticks != ticks and cursor == log.last_seq:
+                ticks = log.ticks
+                idle_pulses += 1
+                if idle_pulses >= IDLE_PULSES_PER_KEEPALIVE:
+                    idle_pulses = 0
+                    await response.write(KEEPALIVE)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away; nothing to clean up but this task
+    return response

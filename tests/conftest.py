@@ -1,0 +1,208 @@
+"""Fixtures that start real things: the daemon as a process on a real port, with the
+scripted CLI stand-in as its `cli_path` (or the real bundled CLI plus a stand-in model).
+
+Every daemon a test starts tags its CLI processes with a unique environment marker, so
+the fixture can prove on shutdown that no CLI process was left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.wire_client import Api
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTED_CLI = ROOT / "tests" / "standin" / "scripted_cli.py"
+TOKEN = "test-token-0123456789"
+MARK_ENV = "AGENT_WEBKITD_TEST_MARK"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def processes_with_mark(mark: str) -> list[int]:
+    """PIDs of live processes whose environment carries this test marker."""
+    found = []
+    needle = f"{MARK_ENV}={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and "State:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> None:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Daemon:
+    """A real agent-webkitd process."""
+
+    def __init__(self, workdir: Path, overrides: dict[str, dict[str, Any]], env: dict[str, str] | None) -> None:
+        self.workdir = workdir
+        self.mark = uuid.uuid4().hex
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.sessions_root = workdir / "sessions"
+        self.sessions_root.mkdir(parents=True, exist_ok=True)
+        default_cwd = workdir / "default-cwd"
+        default_cwd.mkdir(exist_ok=True)
+        config: dict[str, dict[str, Any]] = {
+            "server": {"host": "127.0.0.1", "port": self.port, "keepalive_s": 15},
+            "sessions": {"ring_size": 1000},
+            "agent": {
+                "cli_path": str(SCRIPTED_CLI),
+                "cwd": str(default_cwd),
+                "allowed_cwd_roots": [str(self.sessions_root)],
+                "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl"},
+            },
+            "logging": {"format": "json", "level": "debug"},
+        }
+        for section, values in overrides.items():
+            merged = {**config.get(section, {}), **values}
+            if section == "agent" and "env" in values:
+                merged["env"] = {**config["agent"]["env"], **values["env"]}
+            config[section] = merged
+        config["agent"]["env"] = {**config["agent"]["env"], MARK_ENV: self.mark}
+        self.config_path = workdir / "daemon.toml"
+        write_toml(self.config_path, config)
+        self.log_path = workdir / "daemon.log"
+        self.env = {**os.environ, "AGENT_WEBKIT_AUTH_TOKEN": TOKEN, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent_webkitd", "--config", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited early:\n{self.log_path.read_text()}")
+                try:
+                    async with http.get(self.base_url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("daemon did not become healthy")
+
+    def session_dir(self, scenario: dict[str, Any] | None = None) -> Path:
+        """A fresh working directory for one session, optionally with a scenario file."""
+        path = self.sessions_root / uuid.uuid4().hex[:12]
+        path.mkdir()
+        if scenario is not None:
+            (path / "scenario.json").write_text(json.dumps(scenario))
+        return path
+
+    def cli_log(self, cwd: Path) -> list[dict[str, Any]]:
+        """What the scripted CLI running in `cwd` received on stdin, parsed."""
+        log = cwd / "cli-log.jsonl"
+        if not log.exists():
+            return []
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return [json.loads(e["line"]) for e in entries if e.get("dir") == "in"]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            for _ in range(400):
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                self.proc.kill()
+        self._log.close()
+        return self.proc.wait()
+
+    def orphans(self) -> list[int]:
+        return processes_with_mark(self.mark)
+
+
+@pytest.fixture
+async def start_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start daemons with config overrides; each is stopped and checked for orphans after the test."""
+    started: list[Daemon] = []
+
+    async def start(overrides: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(tmp_path / f"daemon{len(started)}", overrides or {}, env)
+        daemon.workdir.mkdir(parents=True, exist_ok=True)
+        started.append(daemon)
+        await daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        code = await daemon.stop()
+        assert code == 0, f"daemon exited with {code}:\n{daemon.logs()[-5000:]}"
+        for _ in range(100):
+            if not daemon.orphans():
+                break
+            await asyncio.sleep(0.05)
+        assert daemon.orphans() == [], "CLI processes left behind after shutdown"
+
+
+@pytest.fixture
+async def daemon(start_daemon: Callable[..., Any]) -> Daemon:
+    d: Daemon = await start_daemon()
+    return d
+
+
+@pytest.fixture
+async def api(daemon: Daemon) -> AsyncIterator[Api]:
+    client = Api(daemon.base_url, TOKEN)
+    yield client
+    await client.close()
+
+
+@asynccontextmanager
+async def api_for(daemon: Daemon, token: str | None = TOKEN) -> AsyncIterator[Api]:
+    client = Api(daemon.base_url, token)
+    try:
+        yield client
+    finally:
+        await client.close()
