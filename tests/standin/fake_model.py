@@ -1,0 +1,406 @@
+"""A small local stand-in of the Anthropic Messages API with a scripted model.
+
+The real Claude Code CLI is pointed at it with ``ANTHROPIC_BASE_URL`` so that
+end-to-end tests run real tools offline; only the model is fake. Replies are
+decided from the last user message of each request (see ``script_reply``).
+
+Run it alone with ``python -m tests.standin.fake_model --port 0``, or in a test
+with ``async with run_fake_model() as base_url: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("fake_model")
+
+DEFAULT_MODEL = "claude-opus-5-5"
+# Small constant numbers, the same ones the recorded frames show.
+START_USAGE = {
+    "input_tokens": 12,
+    "output_tokens": 1,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+}
+OUTPUT_TOKENS = 7
+
+ASK_INPUT: dict[str, Any] = {
+    "questions": [
+        {
+            "question": "Which color?",
+            "header": "Color",
+            "multiSelect": False,
+            "options": [
+                {"label": "Red", "description": "warm"},
+                {"label": "Blue", "description": "cool"},
+            ],
+        }
+    ]
+}
+SLOW_DELTAS = 40
+SLOW_DELAY_S = 0.1
+
+_REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
+# The CLI's environment section (a role "system" message), e.g.
+# " - Primary working directory: /tmp/x"; the path runs to the end of the line.
+_CWD_RE = re.compile(r"working directory: *(.+?) *$", re.IGNORECASE | re.MULTILINE)
+# AskUserQuestion's tool_result text: ... "Which color?"="Blue" ...
+_ANSWER_RE = re.compile(r'"([^"]*)"="([^"]*)"')
+
+
+@dataclass
+class Text:
+    text: str
+    delay_s: float = 0.0  # pause before each streamed delta
+
+
+@dataclass
+class ToolUse:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+Block = Text | ToolUse
+
+
+@dataclass
+class Reply:
+    blocks: list[Block]
+    stop_reason: str
+
+
+@dataclass
+class FakeModel:
+    """State of one stand-in server: id counter and every request it received."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_id(self, prefix: str) -> str:
+        # One counter for messages and tool uses, as in the recorded frames
+        # (toolu_fake001 then msg_fake002).
+        return f"{prefix}_fake{next(self._ids):03d}"
+
+
+MODEL_KEY = web.AppKey("fake_model", FakeModel)
+
+
+# --- reading the request -------------------------------------------------------
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return [b for b in content if isinstance(b, dict)]
+    return []
+
+
+def user_text(message: dict[str, Any]) -> str:
+    """The text the user typed, without the CLI's injected <system-reminder>s."""
+    parts = []
+    for block in _blocks(message.get("content")):
+        if block.get("type") == "text":
+            text = _REMINDER_RE.sub("", str(block.get("text", ""))).strip()
+            if text:
+                parts.append(text)
+    return "\n".join(parts)
+
+
+def _system_text(body: dict[str, Any]) -> str:
+    system = body.get("system")
+    if isinstance(system, str):
+        return system
+    return "\n".join(str(b.get("text", "")) for b in _blocks(system))
+
+
+def find_cwd(body: dict[str, Any]) -> str | None:
+    """The session's cwd as the CLI tells the model (system prompt or messages)."""
+    texts = [_system_text(body)]
+    for message in body.get("messages", []):
+        texts += [str(b.get("text", "")) for b in _blocks(message.get("content"))]
+    for text in texts:
+        match = _CWD_RE.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _tool_name(messages: list[dict[str, Any]], tool_use_id: str) -> str | None:
+    for message in messages:
+        for block in _blocks(message.get("content")):
+            if block.get("type") == "tool_use" and block.get("id") == tool_use_id:
+                return str(block.get("name"))
+    return None
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, str):
+        return content
+    return " ".join(str(b.get("text", "")) for b in _blocks(content))
+
+
+# --- the scripted model --------------------------------------------------------
+
+
+def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
+    """Decide the whole reply from the last user message; deterministic apart from ids."""
+    messages: list[dict[str, Any]] = body.get("messages", [])
+    # Not simply messages[-1]: the CLI appends a role "system" message (its
+    # environment section) after the first user message.
+    users = [m for m in messages if m.get("role") == "user"]
+    last = users[-1] if users else {}
+    results = [b for b in _blocks(last.get("content")) if b.get("type") == "tool_result"]
+    if results:
+        for result in results:
+            if _tool_name(messages, str(result.get("tool_use_id"))) == "AskUserQuestion":
+                answers = [a for _, a in _ANSWER_RE.findall(_result_text(result))]
+                if answers:
+                    return Reply([Text(f"You chose: {', '.join(answers)}.")], "end_turn")
+        return Reply([Text("All done.")], "end_turn")
+
+    text = user_text(last)
+    lowered = text.lower()
+    if "write" in lowered:
+        cwd = find_cwd(body)
+        path = f"{cwd.rstrip('/')}/out.txt" if cwd else "out.txt"
+        tool = ToolUse(model.next_id("toolu"), "Write", {"file_path": path, "content": "hello\n"})
+        return Reply([Text("I'll write the file now."), tool], "tool_use")
+    if "ask" in lowered:
+        tool = ToolUse(model.next_id("toolu"), "AskUserQuestion", json.loads(json.dumps(ASK_INPUT)))
+        return Reply([tool], "tool_use")
+    if "slow" in lowered:
+        return Reply([Text("word " * SLOW_DELTAS, delay_s=SLOW_DELAY_S)], "end_turn")
+    if "history" in lowered:
+        turns = [t for t in map(user_text, users) if t]
+        return Reply([Text(f"I see {len(turns)} user messages: {' | '.join(turns)}")], "end_turn")
+    return Reply([Text(f"echo: {text}")], "end_turn")
+
+
+# --- HTTP ----------------------------------------------------------------------
+
+
+def _chunks(text: str) -> list[str]:
+    # Word by word, like the recorded frames ("I'll ", "write ", ...).
+    return re.findall(r"\S+\s*|\s+", text) or [text]
+
+
+def _start_block(block: Block) -> dict[str, Any]:
+    if isinstance(block, Text):
+        return {"type": "text", "text": ""}
+    return {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+
+
+def _deltas(block: Block) -> list[dict[str, Any]]:
+    if isinstance(block, Text):
+        return [{"type": "text_delta", "text": c} for c in _chunks(block.text)]
+    return [{"type": "input_json_delta", "partial_json": json.dumps(block.input)}]
+
+
+def _final_block(block: Block) -> dict[str, Any]:
+    if isinstance(block, Text):
+        return {"type": "text", "text": block.text}
+    return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status)
+
+
+async def _sse(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    data = json.dumps(event, separators=(",", ":"))
+    await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+
+
+async def _stream(
+    request: web.Request, reply: Reply, msg_id: str, model_name: str
+) -> web.StreamResponse:
+    headers = {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "request-id": f"req_{msg_id}",
+    }
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    message: dict[str, Any] = {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model_name,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": START_USAGE,
+    }
+    try:
+        await _sse(response, {"type": "message_start", "message": message})
+        await _sse(response, {"type": "ping"})
+        for index, block in enumerate(reply.blocks):
+            start = {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": _start_block(block),
+            }
+            await _sse(response, start)
+            for delta in _deltas(block):
+                if isinstance(block, Text) and block.delay_s:
+                    await asyncio.sleep(block.delay_s)
+                await _sse(
+                    response, {"type": "content_block_delta", "index": index, "delta": delta}
+                )
+            await _sse(response, {"type": "content_block_stop", "index": index})
+        await _sse(
+            response,
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT_TOKENS},
+            },
+        )
+        await _sse(response, {"type": "message_stop"})
+        await response.write_eof()
+    except ConnectionResetError:
+        # The CLI hung up mid-stream (an interrupt): nothing more to send.
+        log.info("client went away during %s", msg_id)
+    return response
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    model: FakeModel = request.app[MODEL_KEY]
+    body = await _record(request)
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return _error(400, "invalid_request_error", "fake_model: body needs a messages list")
+    reply = script_reply(body, model)
+    msg_id = model.next_id("msg")
+    model_name = str(body.get("model") or DEFAULT_MODEL)
+    if body.get("stream"):
+        return await _stream(request, reply, msg_id, model_name)
+    return web.json_response(
+        {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model_name,
+            "content": [_final_block(b) for b in reply.blocks],
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "usage": {**START_USAGE, "output_tokens": OUTPUT_TOKENS},
+        }
+    )
+
+
+async def hello(request: web.Request) -> web.Response:
+    # The CLI's connectivity "preconnect" (HEAD /api/hello); only sent when
+    # CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC is not set.
+    await _record(request)
+    return web.json_response({"message": "hello"})
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    await _record(request)
+    return web.json_response({"input_tokens": START_USAGE["input_tokens"]})
+
+
+async def get_requests(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MODEL_KEY].requests)
+
+
+async def delete_requests(request: web.Request) -> web.Response:
+    request.app[MODEL_KEY].requests.clear()
+    return web.json_response({"cleared": True})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    await _record(request)
+    log.warning("no route for %s %s", request.method, request.path_qs)
+    return _error(
+        404, "not_found_error", f"fake_model: no route for {request.method} {request.path}"
+    )
+
+
+async def _record(request: web.Request) -> Any:
+    """Keep every request (method, path, parsed body) for GET /_requests."""
+    raw = await request.read()
+    try:
+        body: Any = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode(errors="replace")
+    request.app[MODEL_KEY].requests.append(
+        {"method": request.method, "path": request.path_qs, "body": body}
+    )
+    log.info("%s %s", request.method, request.path_qs)
+    return body
+
+
+def make_app(model: FakeModel | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024**2)  # CLI requests carry big tool schemas
+    app[MODEL_KEY] = model or FakeModel()
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_route("*", "/api/hello", hello)
+    app.router.add_get("/_requests", get_requests)
+    app.router.add_delete("/_requests", delete_requests)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+@asynccontextmanager
+async def run_fake_model(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve the stand-in on a (by default free) port; yields its base URL."""
+    runner = web.AppRunner(make_app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:  # IPv6 literal
+            bound_host = f"[{bound_host}]"
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
+async def fetch_requests(base_url: str) -> list[dict[str, Any]]:
+    """Every request the stand-in received: ``[{"method", "path", "body"}, ...]``."""
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/_requests") as resp:
+        resp.raise_for_status()
+        requests: list[dict[str, Any]] = await resp.json()
+        return requests
+
+
+async def _serve(host: str, port: int) -> None:
+    async with run_fake_model(host, port) as base_url:
+        print(f"listening on {base_url}", flush=True)
+        await asyncio.Event().wait()  # until killed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
