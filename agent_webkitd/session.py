@@ -34,7 +34,7 @@ from .eventlog import EventLog
 from .store import Store
 
 STDERR_TAIL_LINES = 40
-DISCONNECT_TIMEOUT_S = 20.0
+INTERRUPT_ON_CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,15 @@ class Session:
         try:
             await self._stop.wait()
         finally:
+            if self._in_turn and not reader.done():
+                await self._interrupt_before_close(client)
             for task in (turns, reader):
                 task.cancel()
             await asyncio.gather(turns, reader, return_exceptions=True)
             self.bridge.cancel_pending()
-            try:
-                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
-                    await client.disconnect()
-            except TimeoutError:
-                self.logger.error("disconnect_timeout")
+            # Bounded inside the SDK (stdin close, then SIGTERM, then SIGKILL); an asyncio
+            # timeout here could cut its kill escalation short and orphan the CLI.
+            await client.disconnect()
             self._client = None
             self._in_turn = False
             self.state = "closed"
@@ -143,6 +143,15 @@ class Session:
             self.log.close()
             self._on_closed(self)
             self.logger.info("session_closed")
+
+    async def _interrupt_before_close(self, client: ClaudeSDKClient) -> None:
+        """A CLI mid-turn would finish the turn (the model still generating) before it
+        notices stdin closing, so stop the turn first, while the reader still drains."""
+        try:
+            async with asyncio.timeout(INTERRUPT_ON_CLOSE_TIMEOUT_S):
+                await client.interrupt()
+        except Exception as exc:  # the CLI may already be gone; disconnect copes
+            self.logger.debug("interrupt_on_close_failed", error=str(exc))
 
     async def _read(self, client: ClaudeSDKClient) -> None:
         """Translate SDK messages until the CLI goes away; then close the session."""
