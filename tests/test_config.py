@@ -1,0 +1,102 @@
+"""The command line and the TOML config: defaults, errors that name the key, redaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_webkitd import __version__
+from agent_webkitd.config import Config, ConfigError, load_config
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_webkitd", *args],
+        capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conf.toml"
+    path.write_text(text)
+    return path
+
+
+def test_an_empty_file_gives_every_default(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+    assert load_config(None).sessions.ring_size == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[sessions]\nmax_sessions = \"ten\"\n", "sessions.max_sessions"),
+        ("[sessions]\nring_size = 0\n", "sessions.ring_size"),
+        ("[auth]\ndisabled = \"yes\"\n", "auth.disabled"),
+        ("[agent]\nallowed_cwd_roots = \"/srv\"\n", "agent.allowed_cwd_roots"),
+        ("[agent.env]\nFOO = 1\n", "agent.env"),
+        ("[agent]\npermission_mode = \"bypassPermissions\"\n", "agent.permission_mode"),
+        ("[logging]\nformat = \"xml\"\n", "logging.format"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+        ("server = 3\n", "server"),
+    ],
+)
+def test_bad_keys_and_types_are_errors_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_auth_can_only_be_disabled_on_a_loopback_address(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth.disabled"):
+        load_config(write(tmp_path, '[server]\nhost = "0.0.0.0"\n[auth]\ndisabled = true\n'))
+    for host in ("127.0.0.1", "::1", "localhost", "127.8.9.10"):
+        assert load_config(write(tmp_path, f'[server]\nhost = "{host}"\n[auth]\ndisabled = true\n')).auth.disabled
+
+
+def test_version_prints_the_version() -> None:
+    done = run_cli("--version")
+    assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_check_config_prints_the_effective_config_with_secrets_redacted(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent.env]\nANTHROPIC_API_KEY = "sk-ant-secret"\nANTHROPIC_BASE_URL = "http://x"\n'
+                           '[store]\ndsn = "postgresql://u:pw@h/db"\n')
+    done = run_cli("check-config", "--config", str(path), env={"AGENT_WEBKIT_AUTH_TOKEN": "tok-secret"})
+    assert done.returncode == 0, done.stderr
+    effective = json.loads(done.stdout)
+    assert effective["agent"]["env"] == {"ANTHROPIC_API_KEY": "<redacted>", "ANTHROPIC_BASE_URL": "http://x"}
+    assert effective["store"]["dsn"] == "<redacted>"
+    assert effective["auth"]["token"] == "<set>"
+    assert effective["sessions"]["max_sessions"] == 100
+    for secret in ("sk-ant-secret", "pw@h", "tok-secret"):
+        assert secret not in done.stdout
+
+
+def test_check_config_fails_on_a_bad_file_naming_the_key(tmp_path: Path) -> None:
+    done = run_cli("check-config", "--config", str(write(tmp_path, "[server]\nport = 'x'\n")))
+    assert done.returncode != 0 and "server.port" in done.stderr
+    done = run_cli("check-config", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode != 0 and "missing.toml" in done.stderr
+
+
+def test_the_daemon_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_WEBKIT_AUTH_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "agent_webkitd", "--config", str(write(tmp_path, ""))],
+                          capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert done.returncode != 0 and "AGENT_WEBKIT_AUTH_TOKEN" in done.stderr
+
+
+def test_the_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("AGENT_WEBKIT_AUTH_TOKEN=from-file\n")
+    done = run_cli("check-config", cwd=tmp_path, env={"AGENT_WEBKIT_AUTH_TOKEN": ""})
+    assert json.loads(done.stdout)["auth"]["token"] == "<not set>"  # set (empty) in the environment: it wins
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_WEBKIT_AUTH_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "agent_webkitd", "check-config"], capture_output=True, text=True,
+                          timeout=30, env=env, cwd=tmp_path)
+    assert json.loads(done.stdout)["auth"]["token"] == "<set>"
