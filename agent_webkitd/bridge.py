@@ -54,7 +54,12 @@ def block_to_wire(block: Any) -> dict[str, Any]:
         case ToolUseBlock(id=id_, name=name, input=input_):
             return {"type": "tool_use", "id": id_, "name": name, "input": input_}
         case ToolResultBlock(tool_use_id=tool_use_id, content=content, is_error=is_error):
-            return {"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": bool(is_error)}
+            return {
+                "type": "tool_result",
+                "tool_use_id": tool_use_id,
+                "content": content,
+                "is_error": bool(is_error),
+            }
         case ServerToolUseBlock(id=id_, name=name, input=input_):
             return {"type": "server_tool_use", "id": id_, "name": name, "input": input_}
         case ServerToolResultBlock(tool_use_id=tool_use_id, content=content):
@@ -65,7 +70,9 @@ def block_to_wire(block: Any) -> dict[str, Any]:
 
 
 class Bridge:
-    def __init__(self, session_id: str, emit: Emit, on_decisions_changed: Callable[[], None]) -> None:
+    def __init__(
+        self, session_id: str, emit: Emit, on_decisions_changed: Callable[[], None]
+    ) -> None:
         self.session_id = session_id
         self.emit = emit
         self.decisions = Decisions()
@@ -118,9 +125,17 @@ class Bridge:
             case "text_delta":
                 wire_delta = {"type": "text", "text": delta.get("text", ""), "index": index}
             case "input_json_delta":
-                wire_delta = {"type": "input_json_delta", "partial_json": delta.get("partial_json", ""), "index": index}
+                wire_delta = {
+                    "type": "input_json_delta",
+                    "partial_json": delta.get("partial_json", ""),
+                    "index": index,
+                }
             case "thinking_delta":
-                wire_delta = {"type": "thinking", "thinking": delta.get("thinking", ""), "index": index}
+                wire_delta = {
+                    "type": "thinking",
+                    "thinking": delta.get("thinking", ""),
+                    "index": index,
+                }
             case _:
                 return
         self.emit("message_delta", {"message_id": msg_id, "delta": wire_delta})
@@ -130,25 +145,31 @@ class Bridge:
         new_blocks = [block_to_wire(b) for b in message.content]
         blocks = self._blocks.setdefault(msg_id, [])
         blocks.extend(new_blocks)
-        self.emit("message_complete", {
-            "message_id": msg_id,
-            "message": {
-                "id": msg_id,
-                "role": "assistant",
-                "content": list(blocks),
-                "model": message.model,
-                "stop_reason": message.stop_reason,
+        self.emit(
+            "message_complete",
+            {
+                "message_id": msg_id,
+                "message": {
+                    "id": msg_id,
+                    "role": "assistant",
+                    "content": list(blocks),
+                    "model": message.model,
+                    "stop_reason": message.stop_reason,
+                },
             },
-        })
+        )
         for block in new_blocks:
             if block["type"] == "tool_use":
                 self._open_tool_uses.add(block["id"])
-                self.emit("tool_use", {
-                    "message_id": msg_id,
-                    "tool_use_id": block["id"],
-                    "tool_name": block["name"],
-                    "input": block["input"],
-                })
+                self.emit(
+                    "tool_use",
+                    {
+                        "message_id": msg_id,
+                        "tool_use_id": block["id"],
+                        "tool_name": block["name"],
+                        "input": block["input"],
+                    },
+                )
 
     def _user(self, message: UserMessage) -> None:
         # Only results for tool uses this session announced count; replays and injected
@@ -158,11 +179,14 @@ class Bridge:
         for block in message.content:
             if isinstance(block, ToolResultBlock) and block.tool_use_id in self._open_tool_uses:
                 self._open_tool_uses.discard(block.tool_use_id)
-                self.emit("tool_result", {
-                    "tool_use_id": block.tool_use_id,
-                    "output": block.content,
-                    "is_error": bool(block.is_error),
-                })
+                self.emit(
+                    "tool_result",
+                    {
+                        "tool_use_id": block.tool_use_id,
+                        "output": block.content,
+                        "is_error": bool(block.is_error),
+                    },
+                )
 
     def _result(self, message: ResultMessage) -> None:
         total = message.total_cost_usd
@@ -195,7 +219,11 @@ class Bridge:
             if not isinstance(server, dict):
                 continue
             name, status = server.get("name"), server.get("status")
-            if isinstance(name, str) and isinstance(status, str) and self._mcp_status.get(name) != status:
+            if (
+                isinstance(name, str)
+                and isinstance(status, str)
+                and self._mcp_status.get(name) != status
+            ):
                 self._mcp_status[name] = status
                 self.emit("mcp_status_change", {"server_name": name, "status": status})
 
@@ -233,8 +261,15 @@ class Bridge:
     def reply(self, message: wire.PermissionResponse | wire.QuestionResponse) -> None:
         """Resolve a decision from a client's reply (raises ApiError 409/400)."""
         pending = self.decisions.peek(message.correlation_id)
-        if isinstance(message, wire.QuestionResponse) and pending is not None and pending.kind != "question":
-            raise bad_request("not_a_question", f"decision {message.correlation_id!r} is a tool permission; answer it with permission_response")
+        if (
+            isinstance(message, wire.QuestionResponse)
+            and pending is not None
+            and pending.kind != "question"
+        ):
+            raise bad_request(
+                "not_a_question",
+                f"decision {message.correlation_id!r} is a tool permission; answer it with permission_response",
+            )
         decision = self.decisions.resolve(message.correlation_id, message)
         if isinstance(message, wire.QuestionResponse):
             behavior = "answered"
@@ -279,4 +314,6 @@ def _to_permission_result(reply: Any, tool_input: dict[str, Any]) -> PermissionR
         return PermissionResultAllow(
             updated_input=reply.updated_input, updated_permissions=reply.updated_permissions
         )
-    return PermissionResultDeny(message=reply.message or "The user denied this tool use.", interrupt=reply.interrupt)
+    return PermissionResultDeny(
+        message=reply.message or "The user denied this tool use.", interrupt=reply.interrupt
+    )

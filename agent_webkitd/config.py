@@ -96,7 +96,7 @@ def load_config(path: str | Path | None) -> Config:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    config = _build(Config, raw, prefix="")
+    config: Config = _build(Config, raw, prefix="")
     _check_semantics(config)
     return config
 
@@ -180,11 +180,17 @@ def _check_semantics(config: Config) -> None:
             f"agent.permission_mode {a.permission_mode!r} is not in agent.allowed_permission_modes"
         )
     if config.store.backend not in ("memory", "postgres"):
-        raise ConfigError(f"store.backend must be 'memory' or 'postgres', got {config.store.backend!r}")
+        raise ConfigError(
+            f"store.backend must be 'memory' or 'postgres', got {config.store.backend!r}"
+        )
     if config.logging.format not in ("json", "console"):
-        raise ConfigError(f"logging.format must be 'json' or 'console', got {config.logging.format!r}")
+        raise ConfigError(
+            f"logging.format must be 'json' or 'console', got {config.logging.format!r}"
+        )
     if config.logging.level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"logging.level must be debug, info, warning or error, got {config.logging.level!r}")
+        raise ConfigError(
+            f"logging.level must be debug, info, warning or error, got {config.logging.level!r}"
+        )
     if config.auth.disabled and not is_loopback(config.server.host):
         raise ConfigError(
             f"auth.disabled = true is only allowed when server.host is a loopback address "
@@ -192,7 +198,9 @@ def _check_semantics(config: Config) -> None:
         )
 
 
-def _positive(name: str, value: float, *, upper: float | None = None, zero_ok: bool = False) -> None:
+def _positive(
+    name: str, value: float, *, upper: float | None = None, zero_ok: bool = False
+) -> None:
     if value < 0 or (value == 0 and not zero_ok) or (upper is not None and value > upper):
         raise ConfigError(f"{name} is out of range: {value!r}")
 

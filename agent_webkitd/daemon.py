@@ -33,7 +33,9 @@ def take_auth_token(config: Config) -> str:
     for name in DAEMON_ONLY_ENV:
         os.environ.pop(name, None)
     if not token and not config.auth.disabled:
-        raise ConfigError(f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)")
+        raise ConfigError(
+            f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)"
+        )
     return token
 
 

@@ -34,7 +34,9 @@ class Decisions:
         self._settled: OrderedDict[str, str] = OrderedDict()
 
     def open(self, correlation_id: str, kind: Kind, request: dict[str, Any]) -> Decision:
-        decision = Decision(correlation_id, kind, request, asyncio.get_running_loop().create_future())
+        decision = Decision(
+            correlation_id, kind, request, asyncio.get_running_loop().create_future()
+        )
         self.pending[correlation_id] = decision
         return decision
 
@@ -48,7 +50,9 @@ class Decisions:
                     "already_resolved",
                     f"decision {correlation_id!r} was already {self._settled[correlation_id]}",
                 )
-            raise ApiError(409, "unknown_correlation_id", f"no decision {correlation_id!r} in this session")
+            raise ApiError(
+                409, "unknown_correlation_id", f"no decision {correlation_id!r} in this session"
+            )
         self._settle(correlation_id, "answered")
         decision.future.set_result(reply)
         return decision

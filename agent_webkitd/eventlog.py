@@ -60,7 +60,10 @@ class EventLog:
         try:
             frame = encode_frame(seq, name, data)
         except (TypeError, ValueError) as exc:
-            name, data = "error", {"code": "encode_failed", "message": f"could not encode {name}: {exc}"}
+            name, data = (
+                "error",
+                {"code": "encode_failed", "message": f"could not encode {name}: {exc}"},
+            )
             frame = encode_frame(seq, name, data)
         self._ring[seq % self._size] = frame
         self.last_seq = seq
@@ -90,7 +93,9 @@ class EventLog:
     def check_cursor(self, after: int) -> None:
         """Raise CursorUnavailable unless every event after `after` can still be read."""
         if after > self.last_seq:
-            raise CursorUnavailable(f"event id {after} is beyond the newest event ({self.last_seq})")
+            raise CursorUnavailable(
+                f"event id {after} is beyond the newest event ({self.last_seq})"
+            )
         if after < self.first_seq - 1:
             raise CursorUnavailable(
                 f"events after {after} are no longer available (oldest kept: {self.first_seq})"

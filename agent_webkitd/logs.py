@@ -30,4 +30,8 @@ def configure_logging(config: LoggingConfig) -> None:
         cache_logger_on_first_use=True,
     )
     # The SDK and aiohttp log through the standard library; keep them quiet unless debugging.
-    logging.basicConfig(stream=sys.stdout, level=max(level, logging.WARNING), format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=max(level, logging.WARNING),
+        format="%(levelname)s %(name)s %(message)s",
+    )

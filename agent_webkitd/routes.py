@@ -31,7 +31,9 @@ CONFIG = web.AppKey("config", Config)
 TOKEN = web.AppKey("token", str)
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=json.dumps(data, separators=(",", ":")).encode(),
         status=status,
@@ -52,7 +54,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ApiError as exc:
         response = error_response(exc)
     except web.HTTPRequestEntityTooLarge as exc:
-        response = error_response(ApiError(413, "payload_too_large", exc.text or "request body too large"))
+        response = error_response(
+            ApiError(413, "payload_too_large", exc.text or "request body too large")
+        )
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         response = error_response(ApiError(exc.status, code, exc.reason))
@@ -76,8 +80,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
     expected = request.app[TOKEN]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise ApiError(
+            401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
+        )
     return await handler(request)
 
 

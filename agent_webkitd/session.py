@@ -56,7 +56,9 @@ class AgentStartFailed(Exception):
 
 
 class Session:
-    def __init__(self, spec: SessionSpec, store: Store, on_closed: Callable[[Session], None]) -> None:
+    def __init__(
+        self, spec: SessionSpec, store: Store, on_closed: Callable[[Session], None]
+    ) -> None:
         self.id = str(uuid.uuid4())
         self._on_closed = on_closed
         self.spec = spec
@@ -83,7 +85,9 @@ class Session:
         """Start the CLI and connect; raises AgentStartFailed if it cannot."""
         self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
         await self._connected
-        self.emit("session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION})
+        self.emit(
+            "session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION}
+        )
         self._emit_state()
 
     async def close(self) -> None:
@@ -161,15 +165,31 @@ class Session:
                 async for message in client.receive_messages():
                     if self.bridge.handle(message):
                         self._turn_done.set()
-                error = {"code": "agent_exited", "message": self._exit_message("the agent process exited (code 0)")}
+                error = {
+                    "code": "agent_exited",
+                    "message": self._exit_message("the agent process exited (code 0)"),
+                }
             except MessageParseError as exc:
                 self.logger.warning("sdk_message_unparseable", error=str(exc))
             except ProcessError as exc:
-                error = {"code": "agent_exited", "message": self._exit_message(f"the agent process exited (code {exc.exit_code})")}
+                error = {
+                    "code": "agent_exited",
+                    "message": self._exit_message(
+                        f"the agent process exited (code {exc.exit_code})"
+                    ),
+                }
             except CLIJSONDecodeError as exc:
-                error = {"code": "agent_protocol_error", "message": self._exit_message(f"unreadable output from the agent: {str(exc)[:300]}")}
+                error = {
+                    "code": "agent_protocol_error",
+                    "message": self._exit_message(
+                        f"unreadable output from the agent: {str(exc)[:300]}"
+                    ),
+                }
             except Exception as exc:  # the SDK's reader failed: the session cannot go on
-                error = {"code": "agent_exited", "message": self._exit_message(f"{type(exc).__name__}: {exc}")}
+                error = {
+                    "code": "agent_exited",
+                    "message": self._exit_message(f"{type(exc).__name__}: {exc}"),
+                }
         self.logger.warning("agent_failed", code=error["code"], message=error["message"])
         self.emit("error", error)
         self._stop.set()
@@ -203,7 +223,9 @@ class Session:
                 try:
                     self._inbox.put_nowait(message)
                 except asyncio.QueueFull:
-                    raise unavailable("backpressure", "too many queued messages for this session; retry later", 2) from None
+                    raise unavailable(
+                        "backpressure", "too many queued messages for this session; retry later", 2
+                    ) from None
             case wire.PermissionResponse() | wire.QuestionResponse():
                 self.bridge.reply(message)
             case wire.SetPermissionMode(mode=mode):

@@ -29,7 +29,9 @@ def parse_cursor(request: web.Request) -> int | None:
         return None
     raw = raw.strip()
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise bad_request("invalid_last_event_id", f"Last-Event-ID must be a non-negative integer, got {raw!r}")
+        raise bad_request(
+            "invalid_last_event_id", f"Last-Event-ID must be a non-negative integer, got {raw!r}"
+        )
     return int(raw)
 
 
@@ -69,11 +71,15 @@ async def stream_events(
                     frames = log.frames_after(cursor, MAX_FRAMES_PER_WRITE)
                 except CursorUnavailable:
                     await response.write(
-                        encode_frame(None, "error", {
-                            "code": "evicted",
-                            "message": f"this stream fell more than the ring behind (at {cursor}); "
-                            "reconnect with Last-Event-ID to resume if the events are still kept",
-                        })
+                        encode_frame(
+                            None,
+                            "error",
+                            {
+                                "code": "evicted",
+                                "message": f"this stream fell more than the ring behind (at {cursor}); "
+                                "reconnect with Last-Event-ID to resume if the events are still kept",
+                            },
+                        )
                     )
                     break
                 cursor += len(frames)

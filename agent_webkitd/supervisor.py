@@ -51,7 +51,11 @@ class Supervisor:
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         if len(self.sessions) + self._starting >= self.config.sessions.max_sessions:
-            raise unavailable("at_capacity", f"this server hosts at most {self.config.sessions.max_sessions} sessions", 5)
+            raise unavailable(
+                "at_capacity",
+                f"this server hosts at most {self.config.sessions.max_sessions} sessions",
+                5,
+            )
         spec = SessionSpec(
             agent=agent,
             model=request.model or agent.model or None,
@@ -67,7 +71,9 @@ class Supervisor:
         except AgentStartFailed as exc:
             session.logger.warning("agent_start_failed", error=str(exc))
             tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
-            raise ApiError(502, "agent_start_failed", f"the agent could not start: {exc}{tail}") from exc
+            raise ApiError(
+                502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
+            ) from exc
         finally:
             self._starting -= 1
         self.sessions[session.id] = session
@@ -97,7 +103,9 @@ class Supervisor:
         real = os.path.realpath(requested)
         roots = [os.path.realpath(r) for r in agent.allowed_cwd_roots]
         if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-            raise ApiError(403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root")
+            raise ApiError(
+                403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root"
+            )
         if not Path(real).is_dir():
             raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
         return real

@@ -100,7 +100,7 @@ class _Fields:
             return None
         return self.body[name]
 
-    def str(self, name: str, *, required: bool = True, nonempty: bool = True) -> str | None:
+    def text(self, name: str, *, required: bool = True, nonempty: bool = True) -> str | None:
         value = self._get(name, required)
         if value is None:
             return None
@@ -108,18 +108,18 @@ class _Fields:
             raise bad_request("invalid_field", f"field '{name}' must be a non-empty string")
         return value
 
-    def req_str(self, name: str) -> str:
-        value = self.str(name)
+    def required_text(self, name: str) -> str:
+        value = self.text(name)
         assert value is not None
         return value
 
-    def obj(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
+    def mapping(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
         value = self._get(name, required)
         if value is not None and not isinstance(value, dict):
             raise bad_request("invalid_field", f"field '{name}' must be a JSON object")
         return value
 
-    def bool(self, name: str) -> bool | None:
+    def flag(self, name: str) -> bool | None:
         value = self._get(name, False)
         if value is not None and not isinstance(value, bool):
             raise bad_request("invalid_field", f"field '{name}' must be a boolean")
@@ -132,15 +132,15 @@ def parse_create(body: Any) -> CreateSession:
     if not isinstance(body, dict):
         raise bad_request("invalid_body", "the request body must be a JSON object")
     fields = _Fields(body)
-    mode = fields.str("permission_mode", required=False)
+    mode = fields.text("permission_mode", required=False)
     if mode is not None and mode not in PERMISSION_MODES:
         raise bad_request(
             "invalid_field", f"field 'permission_mode' must be one of {', '.join(PERMISSION_MODES)}"
         )
     return CreateSession(
-        model=fields.str("model", required=False),
+        model=fields.text("model", required=False),
         permission_mode=mode,
-        cwd=fields.str("cwd", required=False),
+        cwd=fields.text("cwd", required=False),
     )
 
 
@@ -162,29 +162,31 @@ def parse_inbound(body: Any) -> Inbound:
         case "interrupt":
             return Interrupt()
         case "permission_response":
-            behavior = f.req_str("behavior")
+            behavior = f.required_text("behavior")
             if behavior not in ("allow", "deny"):
                 raise bad_request("invalid_field", "field 'behavior' must be 'allow' or 'deny'")
-            interrupt = f.bool("interrupt")
+            interrupt = f.flag("interrupt")
             if interrupt is not None and behavior == "allow":
                 raise bad_request(
                     "interrupt_with_allow", "field 'interrupt' is only valid with behavior 'deny'"
                 )
-            message = f.str("message", required=False, nonempty=False)
+            message = f.text("message", required=False, nonempty=False)
             return PermissionResponse(
-                correlation_id=f.req_str("correlation_id"),
+                correlation_id=f.required_text("correlation_id"),
                 behavior=behavior,
-                updated_input=f.obj("updated_input"),
+                updated_input=f.mapping("updated_input"),
                 updated_permissions=_permission_updates(body.get("updated_permissions")),
                 message=message,
                 interrupt=bool(interrupt),
             )
         case "question_response":
-            answers = f.obj("answers", required=True)
+            answers = f.mapping("answers", required=True)
             assert answers is not None
-            return QuestionResponse(correlation_id=f.req_str("correlation_id"), answers=answers)
+            return QuestionResponse(
+                correlation_id=f.required_text("correlation_id"), answers=answers
+            )
         case "set_permission_mode":
-            mode = f.req_str("mode")
+            mode = f.required_text("mode")
             if mode not in PERMISSION_MODES:
                 raise bad_request(
                     "invalid_field", f"field 'mode' must be one of {', '.join(PERMISSION_MODES)}"
@@ -193,9 +195,9 @@ def parse_inbound(body: Any) -> Inbound:
         case "set_model":
             if "model" not in body:
                 raise bad_request("missing_field", "field 'model' is required (a string or null)")
-            return SetModel(model=f.str("model", required=False))
+            return SetModel(model=f.text("model", required=False))
         case _:  # "stop_task"
-            return StopTask(task_id=f.req_str("task_id"))
+            return StopTask(task_id=f.required_text("task_id"))
 
 
 def _content(content: Any) -> str | list[dict[str, Any]]:
@@ -207,7 +209,8 @@ def _content(content: Any) -> str | list[dict[str, Any]]:
         return content
     if not isinstance(content, list) or not content:
         raise bad_request(
-            "invalid_field", "field 'content' must be a string or a non-empty list of content blocks"
+            "invalid_field",
+            "field 'content' must be a string or a non-empty list of content blocks",
         )
     return [_block(i, block) for i, block in enumerate(content)]
 
@@ -235,7 +238,11 @@ def _block(i: int, block: Any) -> dict[str, Any]:
             )
         return {
             "type": "image",
-            "source": {"type": "base64", "media_type": source["media_type"], "data": source["data"]},
+            "source": {
+                "type": "base64",
+                "media_type": source["media_type"],
+                "data": source["data"],
+            },
         }
     raise bad_request("invalid_field", f"field '{where}.type' must be 'text' or 'image'")
 
@@ -254,7 +261,9 @@ def _permission_updates(value: Any) -> list[PermissionUpdate] | None:
             update = PermissionUpdate.from_dict(item)
             update.to_dict()  # the SDK's own check that the CLI will accept it
         except (KeyError, TypeError, ValueError) as exc:
-            raise bad_request("invalid_field", f"field '{where}' is not a valid permission update: {exc}") from exc
+            raise bad_request(
+                "invalid_field", f"field '{where}' is not a valid permission update: {exc}"
+            ) from exc
         updates.append(update)
     return updates
 

@@ -109,8 +109,8 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
+        self._log = open(self.log_path, "wb")  # noqa: ASYNC230 - closed in stop()
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
             [sys.executable, "-m", "agent_webkitd", "--config", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
         )

@@ -221,7 +221,7 @@ async def test_content_blocks_with_images_reach_the_cli(api: Api, daemon: Daemon
 
 
 async def test_mode_model_and_stop_task_go_to_the_cli(api: Api, daemon: Daemon) -> None:
-    session_id, stream, cwd = await session_with(api, daemon)
+    session_id, _, cwd = await session_with(api, daemon)
     for message in ({"type": "set_permission_mode", "mode": "acceptEdits"},
                     {"type": "set_model", "model": "claude-sonnet-5"},
                     {"type": "set_model", "model": None},
