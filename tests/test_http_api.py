@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -212,3 +214,17 @@ async def test_sessions_answer_over_plain_aiohttp_with_json_content_type(daemon:
         async with http.post(daemon.base_url + "/sessions", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
             assert resp.status == 200
             assert resp.content_type == "application/json"
+
+
+async def test_creating_beyond_max_sessions_gets_503_at_capacity_even_in_a_burst(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"max_sessions": 3}})
+    async with api_for(daemon) as api:
+        replies = await asyncio.gather(*(api.request("POST", "/sessions") for _ in range(6)))
+        statuses = sorted(status for status, _, _ in replies)
+        assert statuses == [200, 200, 200, 503, 503, 503]
+        refused = [(payload, headers) for status, payload, headers in replies if status == 503]
+        assert all(error_code(p) == "at_capacity" and int(h["Retry-After"]) > 0 for p, h in refused)
+        first = next(payload["session_id"] for status, payload, _ in replies if status == 200)
+        assert await api.delete(first) == 204
+        status, _, _ = await api.request("POST", "/sessions")
+        assert status == 200

@@ -1,0 +1,69 @@
+"""The EventLog on its own: seq, ring wrap-around, cursors, encoding once, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agent_webkitd.eventlog import CursorUnavailable, EventLog
+from agent_webkitd.store import MemoryStore
+
+
+def parse(frame: bytes) -> tuple[int, str, object]:
+    lines = frame.decode().rstrip("\n").split("\n")
+    assert frame.endswith(b"\n\n") and len(lines) == 3
+    return int(lines[0][4:]), lines[1][7:], json.loads(lines[2][6:])
+
+
+async def test_seq_starts_at_one_and_frames_are_one_line_sse() -> None:
+    log = EventLog("s", 4, MemoryStore())
+    assert log.append("session_ready", {"text": "multi\nline\r\ntext"}) == 1
+    assert log.append("done", {}) == 2
+    frames = log.frames_after(0, 10)
+    assert [parse(f) for f in frames] == [(1, "session_ready", {"text": "multi\nline\r\ntext"}), (2, "done", {})]
+
+
+async def test_the_ring_keeps_the_newest_events_and_refuses_older_cursors() -> None:
+    log = EventLog("s", 4, MemoryStore())
+    for i in range(10):
+        log.append("e", {"i": i})
+    assert log.first_seq == 7 and log.last_seq == 10
+    assert [parse(f)[0] for f in log.frames_after(6, 100)] == [7, 8, 9, 10]
+    assert [parse(f)[0] for f in log.frames_after(7, 2)] == [8, 9]
+    assert log.frames_after(10, 5) == []
+    for cursor in (0, 5, 11):
+        with pytest.raises(CursorUnavailable):
+            log.frames_after(cursor, 1)
+
+
+async def test_each_event_is_encoded_once_and_shared() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    log.append("e", {"x": 1})
+    assert log.frames_after(0, 1)[0] is log.frames_after(0, 1)[0]
+
+
+async def test_data_that_is_not_plain_json_becomes_an_error_event() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    seq = log.append("tool_use", {"input": object()})
+    _, name, data = parse(log.frames_after(seq - 1, 1)[0])
+    assert name == "error" and data["code"] == "encode_failed"  # type: ignore[index]
+
+
+async def test_lone_surrogates_are_escaped_not_fatal() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    log.append("message_delta", {"text": "bad \ud800 half"})
+    assert parse(log.frames_after(0, 1)[0])[2] == {"text": "bad \ud800 half"}
+
+
+async def test_a_waiter_is_woken_by_append_pulse_and_close() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    for action in (lambda: log.append("e", {}), log.pulse, log.close):
+        waiter = asyncio.create_task(log.wait())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        action()
+        await asyncio.wait_for(waiter, 1)
+    with pytest.raises(RuntimeError):
+        log.append("late", {})
