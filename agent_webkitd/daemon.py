@@ -1,8 +1,9 @@
 """The daemon's life, in phases: start up, serve until a signal, shut down.
 
-Startup binds the port and starts the Supervisor. SIGTERM or SIGINT ends serving:
-the listener stops accepting, every session is closed (each stream ends with `done`,
-each CLI process ends), and the process exits 0.
+Startup binds the port and starts the Supervisor. SIGTERM or SIGINT starts the drain:
+new sessions are refused (503 `draining`) while running turns go on to their `result`,
+for at most `drain_timeout_s`. Then every session is closed (each stream ends with
+`done`, each CLI process ends) and the process exits 0. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -57,14 +58,31 @@ async def serve(config: Config, token: str) -> None:
     )
 
     # Phase 2: serve until SIGTERM or SIGINT.
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
 
-    # Phase 3: shut down: close every session, then the listener.
+    # Phase 3: drain: refuse new sessions, let running turns reach their result.
+    supervisor.draining = True
+    drain_timeout_s = config.server.drain_timeout_s
+    log.info("draining", live_sessions=len(supervisor.sessions), drain_timeout_s=drain_timeout_s)
+    quiet = await supervisor.wait_until_quiet(drain_timeout_s, abort=hurry)
+    if not quiet:
+        log.warning("drain_cut_short", busy_sessions=sum(s.busy for s in supervisor.sessions.values()))
+
+    # Phase 4: shut down: close every session, then the listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
     await runner.cleanup()
+    # Shutdown is done: a late signal must not kill the process mid-exit (exit status
+    # != 0). Take the handlers from the loop first, or closing it would restore SIG_DFL.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("stopped")

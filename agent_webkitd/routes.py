@@ -137,6 +137,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
+    if request.app[SUPERVISOR].draining:
+        return json_response({"ready": False, "reason": "draining"}, status=503)
     return json_response({"ready": True})
 
 

@@ -97,6 +97,11 @@ class Session:
             await asyncio.shield(self._runner)
 
     @property
+    def busy(self) -> bool:
+        """A turn is running or waiting in the queue."""
+        return self._in_turn or not self._inbox.empty()
+
+    @property
     def closed(self) -> bool:
         return self.log.closed
 

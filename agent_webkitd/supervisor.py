@@ -20,6 +20,8 @@ from .store import Store
 
 log = structlog.get_logger(__name__)
 
+DRAIN_POLL_S = 0.2
+
 
 class Supervisor:
     def __init__(self, config: Config, store: Store) -> None:
@@ -28,6 +30,7 @@ class Supervisor:
         self.sessions: dict[str, Session] = {}
         self._starting = 0  # creations in flight, reserved against the cap
         self._ticker: asyncio.Task[None] | None = None
+        self.draining = False
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="keepalive-ticker")
@@ -37,6 +40,16 @@ class Supervisor:
         if self._ticker is not None:
             self._ticker.cancel()
         await asyncio.gather(*(self.delete(s) for s in list(self.sessions)), return_exceptions=True)
+
+    async def wait_until_quiet(self, timeout_s: float, abort: asyncio.Event) -> bool:
+        """Wait until no session has a turn running or queued (True), or until the
+        timeout or `abort` (False). Turns are short-lived, so a light poll is enough."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(s.busy for s in self.sessions.values()):
+            if abort.is_set() or asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_S)
+        return True
 
     async def _tick(self) -> None:
         period = self.config.server.keepalive_s / 2
@@ -50,6 +63,8 @@ class Supervisor:
         mode = request.permission_mode or agent.permission_mode
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
+        if self.draining:
+            raise unavailable("draining", "this server is shutting down; create the session elsewhere", 5)
         if len(self.sessions) + self._starting >= self.config.sessions.max_sessions:
             raise unavailable(
                 "at_capacity",

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.standin.toml_writer import dump_toml
 from tests.wire_client import Api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,24 +56,6 @@ def processes_with_mark(mark: str) -> list[int]:
     return found
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for section, values in config.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
-    path.write_text("\n".join(lines) + "\n")
-
-
 class Daemon:
     """A real agent-webkitd process."""
 
@@ -103,7 +86,7 @@ class Daemon:
             config[section] = merged
         config["agent"]["env"] = {**config["agent"]["env"], MARK_ENV: self.mark}
         self.config_path = workdir / "daemon.toml"
-        write_toml(self.config_path, config)
+        self.config_path.write_text(dump_toml(config))
         self.log_path = workdir / "daemon.log"
         self.env = {**os.environ, "AGENT_WEBKIT_AUTH_TOKEN": TOKEN, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,14 +131,17 @@ class Daemon:
 
     async def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            for _ in range(400):
+        # SIGTERM drains (running turns may finish); a second SIGTERM a moment later
+        # ends the drain, as an impatient operator would.
+        for grace_s in (2.0, 20.0):
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            for _ in range(int(grace_s / 0.05)):
                 if self.proc.poll() is not None:
                     break
                 await asyncio.sleep(0.05)
-            else:
-                self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.kill()
         self._log.close()
         return self.proc.wait()
 

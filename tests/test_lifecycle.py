@@ -141,3 +141,40 @@ async def test_a_closed_session_refuses_new_streams(api: Api, daemon: Daemon) ->
     await api.delete(session_id)
     with pytest.raises(StreamRefused):
         await api.open_stream(session_id)
+
+
+async def test_sigterm_drains_a_running_turn_then_exits_zero(start_daemon: Any) -> None:
+    daemon = await start_daemon({"server": {"drain_timeout_s": 20}})
+    async with api_for(daemon) as api:
+        session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"sleep": 1.0}, {"text": "finished"}]}]})
+        await api.say(session_id, "go")
+        await stream.until("session_state")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        status, payload, headers = await api.request("POST", "/sessions")
+        assert status == 503 and payload["error"]["code"] == "draining" and "Retry-After" in headers
+        status, payload, _ = await api.request("GET", "/readyz")
+        assert status == 503 and payload["reason"] == "draining"
+        result = await stream.until("result")
+        assert result.data["result"] == "finished"
+        assert (await stream.rest())[-1].name == "done"
+        assert await daemon.stop() == 0
+
+
+async def test_drain_timeout_and_a_second_signal_cut_the_drain_short(start_daemon: Any) -> None:
+    for hurry in (False, True):
+        daemon = await start_daemon({"server": {"drain_timeout_s": 1.0 if not hurry else 60}})
+        async with api_for(daemon) as api:
+            session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"sleep": 60}]}]})
+            await api.say(session_id, "go")
+            await stream.until("session_state")
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            if hurry:
+                await asyncio.sleep(0.3)
+                daemon.proc.send_signal(signal.SIGTERM)
+            tail = await stream.rest(timeout=8)
+            assert tail[-1].name == "done"
+            assert await daemon.stop() == 0
+        assert daemon.orphans() == []
