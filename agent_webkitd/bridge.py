@@ -208,9 +208,10 @@ class Bridge:
             data["turn_cost_usd"] = round(max(total - self._total_cost, 0.0), 10)
             self._total_cost = total
         self.emit("result", data)
-        # A turn is over: its messages will not grow any more.
+        # A turn is over: its messages will not grow and its tools will not report.
         self._blocks.clear()
         self._stream_message_id.clear()
+        self._open_tool_uses.clear()
 
     def _mcp_servers(self, servers: Any) -> None:
         if not isinstance(servers, list):

@@ -74,7 +74,9 @@ async def serve(config: Config, token: str) -> None:
     log.info("draining", live_sessions=len(supervisor.sessions), drain_timeout_s=drain_timeout_s)
     quiet = await supervisor.wait_until_quiet(drain_timeout_s, abort=hurry)
     if not quiet:
-        log.warning("drain_cut_short", busy_sessions=sum(s.busy for s in supervisor.sessions.values()))
+        log.warning(
+            "drain_cut_short", busy_sessions=sum(s.busy for s in supervisor.sessions.values())
+        )
 
     # Phase 4: shut down: close every session, then the listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))

@@ -115,7 +115,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     after = sse.resolve_start(session.log, sse.parse_cursor(request))
     session.subscribers += 1
     try:
-        return await sse.stream_events(request, session.log, after, {})
+        return await sse.stream_events(request, session.log, after)
     finally:
         session.subscribers -= 1
 

@@ -63,7 +63,7 @@ class Session:
         self._on_closed = on_closed
         self.spec = spec
         self.log = EventLog(self.id, spec.ring_size, store)
-        self.bridge = Bridge(self.id, self.emit, self._update_state)
+        self.bridge = Bridge(self.id, self.emit, self._emit_state)
         self.state = "starting"
         self.created_at = time.time()
         self.last_input_at = time.monotonic()
@@ -252,9 +252,6 @@ class Session:
         if self.log.closed:
             return self.log.last_seq
         return self.log.append(name, data)
-
-    def _update_state(self) -> None:
-        self._emit_state()
 
     def _emit_state(self) -> None:
         if not self._connected.done() or self.log.closed:

@@ -46,9 +46,7 @@ def resolve_start(log: EventLog, cursor: int | None) -> int:
     return cursor
 
 
-async def stream_events(
-    request: web.Request, log: EventLog, after: int, headers: dict[str, str]
-) -> web.StreamResponse:
+async def stream_events(request: web.Request, log: EventLog, after: int) -> web.StreamResponse:
     response = web.StreamResponse(
         status=200,
         headers={
@@ -56,7 +54,6 @@ async def stream_events(
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
             "X-Replay-From": str(after + 1),
-            **headers,
         },
     )
     await response.prepare(request)

@@ -64,7 +64,9 @@ class Supervisor:
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         if self.draining:
-            raise unavailable("draining", "this server is shutting down; create the session elsewhere", 5)
+            raise unavailable(
+                "draining", "this server is shutting down; create the session elsewhere", 5
+            )
         if len(self.sessions) + self._starting >= self.config.sessions.max_sessions:
             raise unavailable(
                 "at_capacity",
