@@ -36,6 +36,7 @@ from claude_agent_sdk.types import PermissionResult
 from . import wire
 from .decisions import Decisions
 from .errors import bad_request
+from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +72,18 @@ def block_to_wire(block: Any) -> dict[str, Any]:
 
 class Bridge:
     def __init__(
-        self, session_id: str, emit: Emit, on_decisions_changed: Callable[[], None]
+        self,
+        session_id: str,
+        emit: Emit,
+        on_decisions_changed: Callable[[], None],
+        permission_timeout_s: float,
+        metrics: Metrics,
     ) -> None:
         self.session_id = session_id
         self.emit = emit
+        self.permission_timeout_s = permission_timeout_s or None  # 0 = wait forever
+        self.metrics = metrics
+        self.logger = log.bind(session_id=session_id)
         self.decisions = Decisions()
         self._on_decisions_changed = on_decisions_changed
         self._stream_message_id: dict[str | None, str] = {}  # parent_tool_use_id -> message id
@@ -237,7 +246,7 @@ class Bridge:
         if tool_name == ASK_USER_QUESTION:
             request = {"correlation_id": correlation_id, "questions": tool_input}
             decision = self.decisions.open(correlation_id, "question", request)
-            self.emit("ask_user_question", request)
+            seq = self.emit("ask_user_question", request)
         else:
             request = {
                 "correlation_id": correlation_id,
@@ -246,20 +255,38 @@ class Bridge:
                 "context": _context_to_wire(context),
             }
             decision = self.decisions.open(correlation_id, "permission", request)
-            self.emit("permission_request", request)
+            seq = self.emit("permission_request", request)
+        decision_log = self.logger.bind(correlation_id=correlation_id, event_seq=seq)
+        decision_log.info("decision_opened", kind=decision.kind, tool_name=tool_name)
         self._on_decisions_changed()
         try:
-            reply = await decision.future
+            # shield: a timeout must not cancel the future a late reply would still find.
+            reply = await asyncio.wait_for(
+                asyncio.shield(decision.future), self.permission_timeout_s
+            )
+        except TimeoutError:
+            if not self.decisions.withdraw(correlation_id, "expired"):
+                raise  # pragma: no cover - resolved in the same tick; nothing to deny
+            self.emit("permission_expired", {"correlation_id": correlation_id})
+            self.metrics.decisions_expired.inc({})
+            decision_log.info("decision_expired", timeout_s=self.permission_timeout_s)
+            return PermissionResultDeny(
+                message=f"Nobody answered this request within {self.permission_timeout_s:g} s, "
+                "so the tool use was denied."
+            )
         except asyncio.CancelledError:
             # The CLI withdrew the request (an interrupt), or the session is closing.
             if self.decisions.withdraw(correlation_id, "cancelled"):
                 self.emit("permission_cancelled", {"correlation_id": correlation_id})
+                decision_log.info("decision_cancelled")
             raise
         finally:
             self._on_decisions_changed()
         return _to_permission_result(reply, tool_input)
 
-    def reply(self, message: wire.PermissionResponse | wire.QuestionResponse) -> None:
+    def reply(
+        self, message: wire.PermissionResponse | wire.QuestionResponse, subscriber: str | None
+    ) -> None:
         """Resolve a decision from a client's reply (raises ApiError 409/400)."""
         pending = self.decisions.peek(message.correlation_id)
         if (
@@ -278,6 +305,14 @@ class Bridge:
             behavior = message.behavior
         event = "question_resolved" if decision.kind == "question" else "permission_resolved"
         self.emit(event, {"correlation_id": message.correlation_id, "behavior": behavior})
+        label = self.metrics.subscriber_label(subscriber)
+        self.metrics.first_reply_winner.inc({"subscriber_id": label})
+        self.logger.info(
+            "decision_resolved",
+            correlation_id=message.correlation_id,
+            behavior=behavior,
+            subscriber_id=subscriber,
+        )
 
     def cancel_pending(self) -> None:
         """The session is closing: withdraw every open decision."""

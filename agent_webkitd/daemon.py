@@ -1,9 +1,10 @@
 """The daemon's life, in phases: start up, serve until a signal, shut down.
 
 Startup binds the port and starts the Supervisor. SIGTERM or SIGINT starts the drain:
-new sessions are refused (503 `draining`) while running turns go on to their `result`,
-for at most `drain_timeout_s`. Then every session is closed (each stream ends with
-`done`, each CLI process ends) and the process exits 0. A second signal skips the wait.
+new sessions are refused (503 `draining`, /readyz 503) while existing sessions and their
+streams keep working, until every session has idled out or been deleted, for at most
+`drain_timeout_s`. Then every session left is closed (each stream ends with `done`, each
+CLI process ends) and the process exits 0. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import AUTH_TOKEN_ENV, Config, ConfigError, auth_token
+from .metrics import Metrics
 from .routes import build_app
 from .store import MemoryStore
 from .supervisor import Supervisor
@@ -42,10 +44,13 @@ def take_auth_token(config: Config) -> str:
 
 async def serve(config: Config, token: str) -> None:
     # Phase 1: start up.
-    supervisor = Supervisor(config, MemoryStore())
+    supervisor = Supervisor(config, MemoryStore(), Metrics())
     await supervisor.start()
     app = build_app(config, supervisor, token)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    # handler_cancellation: a client that goes away cancels its handler at once, so an
+    # SSE subscriber is counted out promptly (idle eviction depends on it). Handlers that
+    # change state shield that work (see routes).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
@@ -68,17 +73,17 @@ async def serve(config: Config, token: str) -> None:
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
 
-    # Phase 3: drain: refuse new sessions, let running turns reach their result.
+    # Phase 3: drain: refuse new sessions; existing ones go on until they idle out or
+    # are deleted, for at most drain_timeout_s.
     supervisor.draining = True
     drain_timeout_s = config.server.drain_timeout_s
     log.info("draining", live_sessions=len(supervisor.sessions), drain_timeout_s=drain_timeout_s)
-    quiet = await supervisor.wait_until_quiet(drain_timeout_s, abort=hurry)
-    if not quiet:
+    if not await supervisor.wait_until_empty(drain_timeout_s, abort=hurry):
         log.warning(
-            "drain_cut_short", busy_sessions=sum(s.busy for s in supervisor.sessions.values())
+            "drain_cut_short", live_sessions=len(supervisor.sessions), hurried=hurry.is_set()
         )
 
-    # Phase 4: shut down: close every session, then the listener.
+    # Phase 4: shut down: force-close the sessions left, then the listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
     await runner.cleanup()

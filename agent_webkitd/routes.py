@@ -7,9 +7,11 @@ about the SDK.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,12 +21,15 @@ from aiohttp import web
 from . import sse, wire
 from .config import Config
 from .errors import ApiError, bad_request
+from .metrics import clean_subscriber_id
 from .supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SUBSCRIBER_HEADER = "X-Subscriber-ID"
+CLIENT_CLOSED = 499
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 CONFIG = web.AppKey("config", Config)
@@ -48,9 +53,15 @@ def error_response(error: ApiError) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error body; every request is counted and logged."""
     started = time.monotonic()
     try:
         response = await handler(request)
+    except asyncio.CancelledError:
+        # The client went away mid-request (aiohttp cancels the handler); account for it
+        # as nginx does: 499, "client closed request".
+        _account(request, CLIENT_CLOSED, started)
+        raise
     except ApiError as exc:
         response = error_response(exc)
     except web.HTTPRequestEntityTooLarge as exc:
@@ -63,14 +74,37 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         response = error_response(ApiError(500, "internal", "internal server error"))
+    if isinstance(response, web.Response) and response.status == 409:
+        request.app[SUPERVISOR].metrics.decision_conflicts.inc({"code": _error_code(response)})
+    _account(request, response.status, started)
+    return response
+
+
+def _account(request: web.Request, status: int, started: float) -> None:
+    """The access log line and the per-route request counter."""
+    route = request.match_info.route.resource
+    request.app[SUPERVISOR].metrics.http_requests.inc(
+        {
+            "route": route.canonical if route is not None else "unmatched",
+            "method": request.method,
+            "status": str(status),
+        }
+    )
     log.info(
         "http_request",
         method=request.method,
         path=request.path,
-        status=response.status,
+        status=status,
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
-    return response
+
+
+def _error_code(response: web.Response) -> str:
+    try:
+        code: str = json.loads(response.body)["error"]["code"]  # type: ignore[arg-type]
+    except (TypeError, ValueError, KeyError):
+        return "unknown"
+    return code
 
 
 @web.middleware
@@ -106,29 +140,62 @@ async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
 
 async def create_session(request: web.Request) -> web.StreamResponse:
     body = wire.parse_create(await read_json(request, allow_empty=True))
-    session = await request.app[SUPERVISOR].create(body)
+    # Shielded: a client that hangs up mid-create leaves a registered session that idles
+    # out, never a half-started one.
+    session = await asyncio.shield(request.app[SUPERVISOR].create(body))
     return json_response({"session_id": session.id, "protocol_version": wire.PROTOCOL_VERSION})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
-    after = sse.resolve_start(session.log, sse.parse_cursor(request))
-    session.subscribers += 1
+    supervisor = request.app[SUPERVISOR]
+    session = supervisor.get(request.match_info["session_id"])
     try:
-        return await sse.stream_events(request, session.log, after)
+        after = sse.resolve_start(session.log, sse.parse_cursor(request))
+    except ApiError as exc:
+        if exc.status == 412:
+            supervisor.metrics.resume_412.inc({})
+        raise
+    subscriber = subscriber_id(request) or f"sub-{uuid.uuid4().hex[:12]}"
+    session.attach()
+    try:
+        response, evicted = await sse.stream_events(
+            request, session.log, after, {SUBSCRIBER_HEADER: subscriber}
+        )
     finally:
-        session.subscribers -= 1
+        session.detach()
+    if evicted:
+        supervisor.metrics.subscribers_evicted.inc({})
+        session.logger.info("subscriber_evicted", subscriber_id=subscriber)
+    return response
 
 
 async def post_input(request: web.Request) -> web.StreamResponse:
     session = request.app[SUPERVISOR].get(request.match_info["session_id"])
     message = wire.parse_inbound(await read_json(request, allow_empty=False))
-    await session.handle_input(message, request.app[CONFIG].agent.allowed_permission_modes)
+    await asyncio.shield(
+        session.handle_input(
+            message, request.app[CONFIG].agent.allowed_permission_modes, subscriber_id(request)
+        )
+    )
     return web.Response(status=204)
 
 
+def subscriber_id(request: web.Request) -> str | None:
+    return clean_subscriber_id(request.headers.get(SUBSCRIBER_HEADER))
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    sessions = request.app[SUPERVISOR].sessions.values()
+    return json_response({"sessions": [s.describe(full=False) for s in sessions]})
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
+    return json_response(session.describe(full=True))
+
+
 async def delete_session(request: web.Request) -> web.StreamResponse:
-    await request.app[SUPERVISOR].delete(request.match_info["session_id"])
+    await asyncio.shield(request.app[SUPERVISOR].delete(request.match_info["session_id"]))
     return web.Response(status=204)
 
 
@@ -137,9 +204,22 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    if request.app[SUPERVISOR].draining:
+    """Ready = accepting sessions and the store answers."""
+    supervisor = request.app[SUPERVISOR]
+    if supervisor.draining:
         return json_response({"ready": False, "reason": "draining"}, status=503)
+    try:
+        await supervisor.store.check()
+    except Exception as exc:  # any store failure means not ready; say which
+        return json_response({"ready": False, "reason": f"store unavailable: {exc}"}, status=503)
     return json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    supervisor = request.app[SUPERVISOR]
+    supervisor.refresh_gauges()
+    body, headers = supervisor.metrics.render(request.headers.getall("Accept", []))
+    return web.Response(body=body, headers=headers)
 
 
 def build_app(config: Config, supervisor: Supervisor, token: str) -> web.Application:
@@ -151,9 +231,12 @@ def build_app(config: Config, supervisor: Supervisor, token: str) -> web.Applica
     app[SUPERVISOR] = supervisor
     app[TOKEN] = token
     app.router.add_post("/sessions", create_session)
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_get("/sessions/{session_id}/stream", stream)
     app.router.add_post("/sessions/{session_id}/input", post_input)
     app.router.add_delete("/sessions/{session_id}", delete_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

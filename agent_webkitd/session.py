@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ from .bridge import Bridge
 from .config import AgentConfig
 from .errors import ApiError, unavailable
 from .eventlog import EventLog
+from .metrics import Metrics
 from .store import Store
 
 STDERR_TAIL_LINES = 40
@@ -47,6 +49,7 @@ class SessionSpec:
     cwd: str | None
     ring_size: int
     inbound_queue_size: int
+    permission_timeout_s: float
 
 
 class AgentStartFailed(Exception):
@@ -57,17 +60,25 @@ class AgentStartFailed(Exception):
 
 class Session:
     def __init__(
-        self, spec: SessionSpec, store: Store, on_closed: Callable[[Session], None]
+        self,
+        spec: SessionSpec,
+        store: Store,
+        metrics: Metrics,
+        on_closed: Callable[[Session], None],
     ) -> None:
         self.id = str(uuid.uuid4())
         self._on_closed = on_closed
         self.spec = spec
+        self.metrics = metrics
         self.log = EventLog(self.id, spec.ring_size, store)
-        self.bridge = Bridge(self.id, self.emit, self._emit_state)
+        self.bridge = Bridge(
+            self.id, self.emit, self._emit_state, spec.permission_timeout_s, metrics
+        )
         self.state = "starting"
         self.created_at = time.time()
-        self.last_input_at = time.monotonic()
+        self.last_activity = time.monotonic()
         self.subscribers = 0
+        self.close_reason: str | None = None
         self.logger = structlog.get_logger(__name__).bind(session_id=self.id)
         self._inbox: asyncio.Queue[wire.UserMessage] = asyncio.Queue(spec.inbound_queue_size)
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -90,16 +101,58 @@ class Session:
         )
         self._emit_state()
 
-    async def close(self) -> None:
+    async def close(self, reason: str) -> None:
         """Disconnect the client (the CLI process ends), end every stream with `done`."""
-        self._stop.set()
+        self._stop_because(reason)
         if self._runner is not None:
             await asyncio.shield(self._runner)
+
+    def _stop_because(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._stop.set()
 
     @property
     def busy(self) -> bool:
         """A turn is running or waiting in the queue."""
         return self._in_turn or not self._inbox.empty()
+
+    # -- activity, for idle eviction ------------------------------------------------------
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def attach(self) -> None:
+        self.subscribers += 1
+        self.touch()
+
+    def detach(self) -> None:
+        self.subscribers -= 1
+        self.touch()
+
+    def idle_for(self) -> float:
+        """Seconds since the last sign of life; 0 while anything keeps the session warm
+        (a running or queued turn, a pending decision, an open stream)."""
+        if self.busy or self.subscribers or self.bridge.decisions.pending:
+            return 0.0
+        return time.monotonic() - self.last_activity
+
+    def describe(self, *, full: bool) -> dict[str, Any]:
+        """What GET /sessions shows of this session (`full`: each pending request too)."""
+        pending = list(self.bridge.decisions.pending.values())
+        return {
+            "session_id": self.id,
+            "state": self.state,
+            "created_at": datetime.fromtimestamp(self.created_at, UTC).isoformat(),
+            "idle_for_s": round(self.idle_for(), 1),
+            "subscribers": self.subscribers,
+            "last_seq": self.log.last_seq,
+            "model": self.spec.model,
+            "permission_mode": self.spec.permission_mode,
+            "pending_decisions": (
+                [{"kind": d.kind, **d.request} for d in pending] if full else len(pending)
+            ),
+        }
 
     @property
     def closed(self) -> bool:
@@ -128,7 +181,10 @@ class Session:
             self.log.close()
             return
         self._client = client
-        self.logger.info("session_connected", spawn_s=round(time.monotonic() - started, 3))
+        spawn_s = time.monotonic() - started
+        self.metrics.cli_spawn.add({}, spawn_s)
+        self.logger.info("session_connected", spawn_s=round(spawn_s, 3))
+        self.touch()  # the idle clock starts once the CLI is up
         self._connected.set_result(None)
         reader = asyncio.create_task(self._read(client))
         turns = asyncio.create_task(self._serve_turns(client))
@@ -151,7 +207,7 @@ class Session:
             self.emit("done", {})
             self.log.close()
             self._on_closed(self)
-            self.logger.info("session_closed")
+            self.logger.info("session_closed", reason=self.close_reason)
 
     async def _interrupt_before_close(self, client: ClaudeSDKClient) -> None:
         """A CLI mid-turn would finish the turn (the model still generating) before it
@@ -197,7 +253,7 @@ class Session:
                 }
         self.logger.warning("agent_failed", code=error["code"], message=error["message"])
         self.emit("error", error)
-        self._stop.set()
+        self._stop_because("error")
 
     async def _serve_turns(self, client: ClaudeSDKClient) -> None:
         while True:
@@ -205,12 +261,14 @@ class Session:
             self._turn_done.clear()
             self._in_turn = True
             self._emit_state()
+            started = time.monotonic()
             try:
                 await client.query(_prompt(message.content))
             except Exception as exc:  # the CLI is gone; the reader reports why
                 self.logger.warning("query_failed", error=str(exc))
                 return
             await self._turn_done.wait()
+            self.metrics.turn_duration.add({}, time.monotonic() - started)
             self._in_turn = False
             self._cancelling = False
             if self._inbox.empty():
@@ -218,10 +276,12 @@ class Session:
 
     # -- inputs -----------------------------------------------------------------------
 
-    async def handle_input(self, message: wire.Inbound, allowed_modes: tuple[str, ...]) -> None:
+    async def handle_input(
+        self, message: wire.Inbound, allowed_modes: tuple[str, ...], subscriber: str | None
+    ) -> None:
         if self.closed or self._client is None:
             raise ApiError(404, "not_found", f"session {self.id!r} is closed")
-        self.last_input_at = time.monotonic()
+        self.touch()
         client = self._client
         match message:
             case wire.UserMessage():
@@ -232,7 +292,7 @@ class Session:
                         "backpressure", "too many queued messages for this session; retry later", 2
                     ) from None
             case wire.PermissionResponse() | wire.QuestionResponse():
-                self.bridge.reply(message)
+                self.bridge.reply(message, subscriber)
             case wire.SetPermissionMode(mode=mode):
                 wire.check_mode_allowed(mode, allowed_modes)
                 await _control(client.set_permission_mode(mode))  # type: ignore[arg-type]
@@ -251,6 +311,7 @@ class Session:
     def emit(self, name: str, data: dict[str, Any]) -> int:
         if self.log.closed:
             return self.log.last_seq
+        self.metrics.events_appended.inc({})
         return self.log.append(name, data)
 
     def _emit_state(self) -> None:
@@ -265,6 +326,7 @@ class Session:
         else:
             state = "running"
         if state != self.state:
+            self.touch()
             self.state = state
             self.emit("session_state", {"state": state})
 

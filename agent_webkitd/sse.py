@@ -46,7 +46,11 @@ def resolve_start(log: EventLog, cursor: int | None) -> int:
     return cursor
 
 
-async def stream_events(request: web.Request, log: EventLog, after: int) -> web.StreamResponse:
+async def stream_events(
+    request: web.Request, log: EventLog, after: int, headers: dict[str, str]
+) -> tuple[web.StreamResponse, bool]:
+    """Stream until `done` or the client leaves. Returns the response and whether the
+    subscriber was evicted for falling out of the ring."""
     response = web.StreamResponse(
         status=200,
         headers={
@@ -54,11 +58,13 @@ async def stream_events(request: web.Request, log: EventLog, after: int) -> web.
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
             "X-Replay-From": str(after + 1),
+            **headers,
         },
     )
     await response.prepare(request)
     await response.write(f"retry: {RETRY_MS}\n\n".encode())
     cursor = after
+    evicted = False
     idle_pulses = 0
     ticks = log.ticks
     try:
@@ -78,6 +84,7 @@ async def stream_events(request: web.Request, log: EventLog, after: int) -> web.
                             },
                         )
                     )
+                    evicted = True
                     break
                 cursor += len(frames)
                 idle_pulses = 0
@@ -97,4 +104,4 @@ async def stream_events(request: web.Request, log: EventLog, after: int) -> web.
                     await response.write(KEEPALIVE)
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away; nothing to clean up but this task
-    return response
+    return response, evicted

@@ -23,6 +23,10 @@ class Store(Protocol):
         """Record one event."""
         ...
 
+    async def check(self) -> None:
+        """Raise if the store cannot be used right now (for /readyz)."""
+        ...
+
 
 class MemoryStore:
     """Nothing survives the process; the ring is all the history there is."""
@@ -34,4 +38,7 @@ class MemoryStore:
         return 1
 
     def append(self, session_id: str, seq: int, name: str, data: dict[str, Any]) -> None:
+        pass
+
+    async def check(self) -> None:
         pass

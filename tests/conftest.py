@@ -131,9 +131,9 @@ class Daemon:
 
     async def stop(self) -> int:
         assert self.proc is not None
-        # SIGTERM drains (running turns may finish); a second SIGTERM a moment later
-        # ends the drain, as an impatient operator would.
-        for grace_s in (2.0, 20.0):
+        # SIGTERM starts the drain (sessions may live on); a second SIGTERM a moment
+        # later ends it, as an impatient operator would. Drain tests signal on their own.
+        for grace_s in (0.1, 20.0):
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
             for _ in range(int(grace_s / 0.05)):

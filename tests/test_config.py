@@ -101,3 +101,14 @@ def test_the_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-m", "agent_webkitd", "check-config"], capture_output=True, text=True,
                           timeout=30, env=env, cwd=tmp_path)
     assert json.loads(done.stdout)["auth"]["token"] == "<set>"
+
+
+def test_the_dotenv_path_is_configurable(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("AGENT_WEBKIT_AUTH_TOKEN=from-configured-file\n")
+    config = write(tmp_path, f'dotenv_path = "{secrets}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_WEBKIT_AUTH_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "agent_webkitd", "check-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert json.loads(done.stdout)["auth"]["token"] == "<set>"
+    assert json.loads(done.stdout)["dotenv_path"] == str(secrets)

@@ -144,7 +144,7 @@ async def test_a_closed_session_refuses_new_streams(api: Api, daemon: Daemon) ->
 
 
 async def test_sigterm_drains_a_running_turn_then_exits_zero(start_daemon: Any) -> None:
-    daemon = await start_daemon({"server": {"drain_timeout_s": 20}})
+    daemon = await start_daemon({"server": {"drain_timeout_s": 30}, "sessions": {"idle_timeout_s": 1}})
     async with api_for(daemon) as api:
         session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"sleep": 1.0}, {"text": "finished"}]}]})
         await api.say(session_id, "go")
@@ -156,10 +156,22 @@ async def test_sigterm_drains_a_running_turn_then_exits_zero(start_daemon: Any) 
         assert status == 503 and payload["error"]["code"] == "draining" and "Retry-After" in headers
         status, payload, _ = await api.request("GET", "/readyz")
         assert status == 503 and payload["reason"] == "draining"
+        # The running turn goes on to its result, and the open stream keeps the session.
         result = await stream.until("result")
         assert result.data["result"] == "finished"
-        assert (await stream.rest())[-1].name == "done"
-        assert await daemon.stop() == 0
+        await asyncio.sleep(1.5)
+        assert daemon.proc.poll() is None, "a session with a live stream must survive the drain"
+        status, _ = await api.send(session_id, {"type": "user_message", "content": "during the drain"})
+        assert status == 204
+        assert (await stream.until("result")).data["result"] == "echo: during the drain"
+        # Once the client leaves, the session idles out and the daemon exits cleanly.
+        stream.close()
+        for _ in range(100):
+            if daemon.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert daemon.proc.poll() == 0
+        assert "session_idle_evicted" in daemon.logs()
 
 
 async def test_drain_timeout_and_a_second_signal_cut_the_drain_short(start_daemon: Any) -> None:

@@ -1,0 +1,118 @@
+"""Prometheus metrics (aioprometheus), one registry per daemon, rendered at GET /metrics.
+
+Label values that come from clients (`subscriber_id`) are bounded: trimmed to a safe
+length and character set, and only the first MAX_SUBSCRIBER_LABELS distinct values are
+kept; the rest are counted under "overflow", so a hostile client cannot explode the
+series count.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+from aioprometheus.renderer import render
+
+MAX_SUBSCRIBER_LABELS = 200
+SUBSCRIBER_ID_MAX_LEN = 64
+OVERFLOW = "overflow"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def clean_subscriber_id(raw: str | None) -> str | None:
+    """A client's X-Subscriber-ID trimmed to a sane length and character set (None if empty)."""
+    if raw is None:
+        return None
+    cleaned = _UNSAFE.sub("", raw.strip())[:SUBSCRIBER_ID_MAX_LEN]
+    return cleaned or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = Registry()
+        r = self.registry
+        self.sessions_live = Gauge(
+            "agent_webkit_sessions_live", "Sessions currently hosted.", registry=r
+        )
+        self.sessions_created = Counter(
+            "agent_webkit_sessions_created_total", "Sessions created.", registry=r
+        )
+        self.sessions_evicted = Counter(
+            "agent_webkit_sessions_evicted_total",
+            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), error (the CLI died), drain (shutdown).",
+            registry=r,
+        )
+        self.capacity_rejections = Counter(
+            "agent_webkit_capacity_rejections_total",
+            "POST /sessions refused: at capacity or draining.",
+            registry=r,
+        )
+        self.subscribers_live = Gauge(
+            "agent_webkit_subscribers_live", "Open SSE streams.", registry=r
+        )
+        self.decisions_pending = Gauge(
+            "agent_webkit_decisions_pending",
+            "Permission and question requests waiting for a reply.",
+            registry=r,
+        )
+        self.first_reply_winner = Counter(
+            "agent_webkit_permissions_first_reply_winner_total",
+            "Decisions answered, by the X-Subscriber-ID of the reply that won.",
+            registry=r,
+        )
+        self.decision_conflicts = Counter(
+            "agent_webkit_decision_conflicts_total",
+            "Replies refused with 409, by error code.",
+            registry=r,
+        )
+        self.decisions_expired = Counter(
+            "agent_webkit_decisions_expired_total",
+            "Decisions denied by permission_timeout_s.",
+            registry=r,
+        )
+        self.resume_412 = Counter(
+            "agent_webkit_resume_412_total",
+            "Stream requests whose Last-Event-ID was no longer in the ring.",
+            registry=r,
+        )
+        self.subscribers_evicted = Counter(
+            "agent_webkit_subscribers_evicted_total",
+            "Streams closed because they fell out of the ring.",
+            registry=r,
+        )
+        self.events_appended = Counter(
+            "agent_webkit_events_appended_total", "Events appended to session logs.", registry=r
+        )
+        self.turn_duration = Histogram(
+            "agent_webkit_turn_duration_seconds",
+            "From sending a user message to the CLI to its result.",
+            registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.cli_spawn = Histogram(
+            "agent_webkit_cli_spawn_seconds",
+            "Time to start and connect a CLI process.",
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.http_requests = Counter(
+            "agent_webkit_http_requests_total",
+            "HTTP requests by route, method and status.",
+            registry=r,
+        )
+        self._subscriber_labels: set[str] = set()
+
+    def subscriber_label(self, subscriber_id: str | None) -> str:
+        """The bounded label value for a subscriber id."""
+        if not subscriber_id:
+            return "unknown"
+        if subscriber_id in self._subscriber_labels:
+            return subscriber_id
+        if len(self._subscriber_labels) >= MAX_SUBSCRIBER_LABELS:
+            return OVERFLOW
+        self._subscriber_labels.add(subscriber_id)
+        return subscriber_id
+
+    def render(self, accept: list[str]) -> tuple[bytes, dict[str, str]]:
+        body, headers = render(self.registry, accept)
+        return body, dict(headers)

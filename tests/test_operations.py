@@ -1,0 +1,235 @@
+"""What an ops team relies on: idle eviction, decision deadlines, the ops endpoints,
+Prometheus metrics, logs and secrets, tried on a real daemon process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import TOKEN, Daemon, api_for
+from tests.wire_client import Api
+
+WRITE = {"tool_use": {"name": "Write", "input": {"file_path": "out.txt", "content": "hi"}}, "permission": True}
+
+
+async def scrape(daemon: Daemon) -> str:
+    async with aiohttp.ClientSession() as http, http.get(daemon.base_url + "/metrics") as resp:
+        assert resp.status == 200  # no token needed
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one series, e.g. sample(t, "agent_webkit_sessions_evicted_total", 'reason="idle"')."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric == name and all(part in label_text for part in labels.split(",") if part):
+            return float(value)
+    return 0.0
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_an_abandoned_session_is_evicted_and_a_watched_one_is_kept(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"idle_timeout_s": 1}})
+    async with api_for(daemon) as api:
+        watched = await api.create()
+        stream = await api.open_stream(watched)
+        abandoned = await api.create()
+        await api.say(abandoned, "hello")
+
+        async def gone() -> bool:
+            status, _, _ = await api.request("GET", f"/sessions/{abandoned}")
+            return status == 404
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await wait_until(gone, timeout=5)
+        assert 0.9 <= loop.time() - started < 3.5, "evicted promptly after the deadline"
+        await asyncio.sleep(1.5)
+        status, payload, _ = await api.request("GET", f"/sessions/{watched}")
+        assert status == 200 and payload["subscribers"] == 1 and payload["idle_for_s"] == 0
+        metrics = await scrape(daemon)
+        assert sample(metrics, "agent_webkit_sessions_evicted_total", 'reason="idle"') == 1
+        assert sample(metrics, "agent_webkit_sessions_live") == 1
+        # Once the tab closes, the watched session idles out too, and its CLI ends.
+        stream.close()
+
+        async def watched_gone() -> bool:
+            status, _, _ = await api.request("GET", f"/sessions/{watched}")
+            return status == 404
+
+        await wait_until(watched_gone, timeout=5)
+        assert daemon.orphans() == []
+
+
+async def test_a_running_turn_or_a_pending_decision_keeps_a_session_alive(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"idle_timeout_s": 1}})
+    async with api_for(daemon) as api:
+        running = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [{"sleep": 2.5}]}]})))
+        waiting = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [WRITE]}]})))
+        await api.say(running, "go")
+        await api.say(waiting, "go")
+        await asyncio.sleep(2.2)
+        for session_id in (running, waiting):
+            status, payload, _ = await api.request("GET", f"/sessions/{session_id}")
+            assert status == 200, f"{session_id} was evicted while busy"
+        _, detail, _ = await api.request("GET", f"/sessions/{waiting}")
+        assert detail["state"] == "awaiting_decision"
+        [pending] = detail["pending_decisions"]
+        assert pending["kind"] == "permission" and pending["tool_name"] == "Write"
+        assert pending["input"] == {"file_path": "out.txt", "content": "hi"}
+        # An answer from the listing alone (no ring position needed) works.
+        status, _ = await api.send(waiting, {"type": "permission_response", "correlation_id": pending["correlation_id"],
+                                             "behavior": "allow"})
+        assert status == 204
+
+
+async def test_an_unanswered_permission_expires_and_the_tool_is_denied(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"permission_timeout_s": 0.5}})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [WRITE]}]})))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "go")
+        request = await stream.until("permission_request")
+        expired = await stream.until("permission_expired", timeout=5)
+        assert expired.data == {"correlation_id": request.data["correlation_id"]}
+        tool_result = await stream.until("tool_result")
+        assert tool_result.data["is_error"] is True and "0.5 s" in str(tool_result.data["output"])
+        await stream.until("result")
+        status, payload = await api.send(session_id, {"type": "permission_response",
+                                                      "correlation_id": request.data["correlation_id"], "behavior": "allow"})
+        assert status == 409 and payload["error"]["code"] == "already_resolved"
+        assert sample(await scrape(daemon), "agent_webkit_decisions_expired_total") == 1
+
+
+async def test_the_sessions_listing_shows_every_live_session(api: Api, daemon: Daemon) -> None:
+    first = await api.create()
+    second = await api.create(model="claude-sonnet-5")
+    status, payload, _ = await api.request("GET", "/sessions")
+    assert status == 200
+    listed = {s["session_id"]: s for s in payload["sessions"]}
+    assert set(listed) == {first, second}
+    entry = listed[second]
+    assert entry["state"] == "idle" and entry["subscribers"] == 0 and entry["last_seq"] == 2
+    assert entry["pending_decisions"] == 0 and entry["model"] == "claude-sonnet-5"
+    assert re.match(r"\d{4}-\d\d-\d\dT", entry["created_at"]) and entry["idle_for_s"] >= 0
+    async with api_for(daemon, token=None) as anon:
+        status, _, _ = await anon.request("GET", "/sessions")
+        assert status == 401
+
+
+async def test_metrics_follow_what_happened(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"max_sessions": 2, "ring_size": 5}})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [WRITE]}]})))
+        other = await api.create()
+        status, _, _ = await api.request("POST", "/sessions")
+        assert status == 503
+        stream = await api.open_stream(session_id, 0, headers={"X-Subscriber-ID": "tab-a"})
+        await api.say(session_id, "go")
+        request = await stream.until("permission_request")
+        cid = request.data["correlation_id"]
+        body = {"type": "permission_response", "correlation_id": cid, "behavior": "allow"}
+        assert (await api.request("POST", f"/sessions/{session_id}/input", body, headers={"X-Subscriber-ID": "tab-b"}))[0] == 204
+        assert (await api.request("POST", f"/sessions/{session_id}/input", body, headers={"X-Subscriber-ID": "tab-a"}))[0] == 409
+        await stream.until("result")
+        stream.close()
+        try:
+            await api.open_stream(session_id, 0)
+        except Exception:  # 412: the ring of 5 no longer holds seq 1
+            pass
+        await api.delete(other)
+        text = await scrape(daemon)
+    assert sample(text, "agent_webkit_sessions_created_total") == 2
+    assert sample(text, "agent_webkit_sessions_live") == 1
+    assert sample(text, "agent_webkit_sessions_evicted_total", 'reason="closed"') == 1
+    assert sample(text, "agent_webkit_capacity_rejections_total", 'reason="at_capacity"') == 1
+    assert sample(text, "agent_webkit_permissions_first_reply_winner_total", 'subscriber_id="tab-b"') == 1
+    assert sample(text, "agent_webkit_permissions_first_reply_winner_total", 'subscriber_id="tab-a"') == 0
+    assert sample(text, "agent_webkit_decision_conflicts_total", 'code="already_resolved"') == 1
+    assert sample(text, "agent_webkit_resume_412_total") == 1
+    assert sample(text, "agent_webkit_events_appended_total") >= 10
+    assert sample(text, "agent_webkit_turn_duration_seconds_count") == 1
+    assert sample(text, "agent_webkit_cli_spawn_seconds_count") == 2
+    assert sample(text, "agent_webkit_http_requests_total", 'route="/sessions",method="POST",status="503"') == 1
+    assert sample(text, "agent_webkit_http_requests_total", 'route="/sessions/{session_id}/input",status="409"') == 1
+    assert "agent_webkit_subscribers_live" in text and "agent_webkit_decisions_pending" in text
+    assert TOKEN not in text
+
+
+async def test_subscriber_ids_are_echoed_assigned_and_bounded(api: Api, daemon: Daemon) -> None:
+    session_id = await api.create()
+    given = await api.open_stream(session_id, headers={"X-Subscriber-ID": "  tab<script>-7 "})
+    assert given.response.headers["X-Subscriber-ID"] == "tabscript-7"
+    given.close()
+    assigned = await api.open_stream(session_id)
+    assert re.fullmatch(r"sub-[0-9a-f]{12}", assigned.response.headers["X-Subscriber-ID"])
+    assigned.close()
+    # A client inventing a new id per reply cannot grow the series without bound.
+    scenario = {"turns": [{"steps": [WRITE]}], "then": "repeat_last"}
+    busy = await api.create(cwd=str(daemon.session_dir(scenario)))
+    stream = await api.open_stream(busy, 0)
+    for i in range(210):
+        await api.say(busy, "go")
+        request = await stream.until("permission_request")
+        status, _, _ = await api.request("POST", f"/sessions/{busy}/input",
+                                         {"type": "permission_response", "correlation_id": request.data["correlation_id"],
+                                          "behavior": "allow"}, headers={"X-Subscriber-ID": f"id-{i}"})
+        assert status == 204
+        await stream.until("result")
+    text = await scrape(daemon)
+    series = [line for line in text.splitlines() if line.startswith("agent_webkit_permissions_first_reply_winner_total{")]
+    assert len(series) <= 201
+    assert sample(text, "agent_webkit_permissions_first_reply_winner_total", 'subscriber_id="overflow"') == 10
+
+
+async def test_logs_are_json_lines_with_context_and_without_secrets_or_contents(start_daemon: Any) -> None:
+    daemon = await start_daemon({"logging": {"level": "info"}}, env={"ANTHROPIC_API_KEY": "sk-ant-very-secret"})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [WRITE]}]})))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "the password is hunter2")
+        request = await stream.until("permission_request")
+        await api.send(session_id, {"type": "permission_response", "correlation_id": request.data["correlation_id"],
+                                    "behavior": "allow"})
+        await stream.until("result")
+        stream.close()
+    await daemon.stop()
+    lines = [json.loads(line) for line in daemon.logs().splitlines() if line.strip()]
+    assert all({"event", "level", "timestamp"} <= set(line) for line in lines)
+    assert any(line["event"] == "http_request" and line["status"] == 204 and "duration_ms" in line for line in lines)
+    opened = next(line for line in lines if line["event"] == "decision_opened")
+    assert opened["session_id"] == session_id and opened["correlation_id"] == request.data["correlation_id"]
+    assert opened["event_seq"] == request.id
+    assert any(line["event"] == "listening" and line["protocol_version"] == "1.0" for line in lines)
+    text = daemon.logs()
+    for secret in ("hunter2", TOKEN, "sk-ant-very-secret"):
+        assert secret not in text
+
+
+async def test_the_api_key_reaches_the_cli_but_the_daemons_token_does_not(start_daemon: Any) -> None:
+    daemon = await start_daemon(env={"ANTHROPIC_API_KEY": "sk-ant-for-the-cli", "DATABASE_URL": "postgresql://x"})
+    async with api_for(daemon) as api:
+        await api.create()
+        [pid] = daemon.orphans()  # the one live CLI process
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"ANTHROPIC_API_KEY=sk-ant-for-the-cli" in environ
+        assert not any(v.startswith((b"AGENT_WEBKIT_AUTH_TOKEN=", b"DATABASE_URL=")) for v in environ)
+
+
+async def test_readyz_is_ready_while_serving(daemon: Daemon) -> None:
+    async with aiohttp.ClientSession() as http, http.get(daemon.base_url + "/readyz") as resp:
+        assert resp.status == 200 and (await resp.json()) == {"ready": True}
