@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check agent_webkitd tests
+	$(BIN)/ruff check agent_webkitd tests bench
 	$(BIN)/ruff format --check agent_webkitd
 	$(BIN)/mypy
 

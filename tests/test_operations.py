@@ -84,7 +84,7 @@ async def test_a_running_turn_or_a_pending_decision_keeps_a_session_alive(start_
         await api.say(waiting, "go")
         await asyncio.sleep(2.2)
         for session_id in (running, waiting):
-            status, payload, _ = await api.request("GET", f"/sessions/{session_id}")
+            status, _, _ = await api.request("GET", f"/sessions/{session_id}")
             assert status == 200, f"{session_id} was evicted while busy"
         _, detail, _ = await api.request("GET", f"/sessions/{waiting}")
         assert detail["state"] == "awaiting_decision"
@@ -225,7 +225,7 @@ async def test_the_api_key_reaches_the_cli_but_the_daemons_token_does_not(start_
     async with api_for(daemon) as api:
         await api.create()
         [pid] = daemon.orphans()  # the one live CLI process
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")  # noqa: ASYNC240
         assert b"ANTHROPIC_API_KEY=sk-ant-for-the-cli" in environ
         assert not any(v.startswith((b"AGENT_WEBKIT_AUTH_TOKEN=", b"DATABASE_URL=")) for v in environ)
 
