@@ -38,7 +38,7 @@ def sample(text: str, name: str, labels: str = "") -> float:
 
 async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - polling a remote server
             await asyncio.sleep(0.05)
 
 
