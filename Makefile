@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo clean
+.PHONY: install run test lint demo bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ lint: install
 # of the Anthropic Messages API: try the README's curl walkthrough without credentials.
 demo: install
 	$(BIN)/python -m tests.standin.demo
+
+# agent-webkitd against agent-webkit-server 0.2.0 (installed into bench/.peer-venv on first
+# use), side by side on loopback; `make bench ARGS=--quick` for a smoke run, ARGS=--no-scale
+# to skip the 1000-session phase. Raw results go to bench/results/.
+bench: install
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
