@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+import warnings
 
 import structlog
 from aiohttp import web
@@ -42,8 +44,26 @@ def take_auth_token(config: Config) -> str:
     return token
 
 
+def watch_children_with_pidfd() -> None:
+    """Python 3.11's default child watcher parks one thread in waitpid() per CLI process
+    (1000 sessions: 1000 threads). A pidfd watcher waits on file descriptors in the event
+    loop instead. Python 3.12+ picks it by itself."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # a kernel without pidfd: keep the threaded watcher
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.get_event_loop_policy().set_child_watcher(watcher)
+
+
 async def serve(config: Config, token: str) -> None:
     # Phase 1: start up.
+    watch_children_with_pidfd()
     supervisor = Supervisor(config, MemoryStore(), Metrics())
     await supervisor.start()
     app = build_app(config, supervisor, token)

@@ -67,3 +67,25 @@ async def test_a_waiter_is_woken_by_append_pulse_and_close() -> None:
         await asyncio.wait_for(waiter, 1)
     with pytest.raises(RuntimeError):
         log.append("late", {})
+
+
+async def test_a_burst_shares_wake_ups_and_its_last_event_still_wakes_waiters() -> None:
+    log = EventLog("s", 1000, MemoryStore())
+    wakes = 0
+
+    async def waiter() -> None:
+        nonlocal wakes
+        seen = 0
+        while seen < 100:
+            await log.wait()
+            wakes += 1
+            seen = log.last_seq
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    for i in range(100):  # a burst: each append yields to the loop, as the SDK reader does
+        log.append("e", {"i": i})
+        await asyncio.sleep(0)
+    # The first append wakes at once; the other 99 ride on one deferred wake-up.
+    await asyncio.wait_for(task, 1)
+    assert wakes == 2

@@ -233,3 +233,14 @@ async def test_the_api_key_reaches_the_cli_but_the_daemons_token_does_not(start_
 async def test_readyz_is_ready_while_serving(daemon: Daemon) -> None:
     async with aiohttp.ClientSession() as http, http.get(daemon.base_url + "/readyz") as resp:
         assert resp.status == 200 and (await resp.json()) == {"ready": True}
+
+
+async def test_cli_processes_do_not_cost_the_daemon_a_thread_each(api: Api, daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    tasks = Path(f"/proc/{daemon.proc.pid}/task")
+    await api.create()
+    before = len(list(tasks.iterdir()))
+    for _ in range(6):
+        await api.create()
+    # Python 3.11's default child watcher would add a waitpid() thread per CLI process.
+    assert len(list(tasks.iterdir())) < before + 3
