@@ -65,7 +65,15 @@ class AgentConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     backend: str = "memory"
-    dsn: str = ""
+    dsn: str = ""  # or env DATABASE_URL
+    pool_min: int = 2
+    pool_max: int = 10
+    lease_s: float = 5  # a host silent this long has lost its sessions to any other host
+    max_pending_events: int = 10_000  # events waiting for a commit before CLIs are paused
+    advertise_url: str = ""  # how other hosts can point clients at this one
+
+
+DSN_ENV = "DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,13 @@ def _check_semantics(config: Config) -> None:
         raise ConfigError(
             f"store.backend must be 'memory' or 'postgres', got {config.store.backend!r}"
         )
+    st = config.store
+    _positive("store.pool_min", st.pool_min)
+    _positive("store.pool_max", st.pool_max)
+    if st.pool_min > st.pool_max:
+        raise ConfigError("store.pool_min must not be larger than store.pool_max")
+    _positive("store.lease_s", st.lease_s)
+    _positive("store.max_pending_events", st.max_pending_events)
     if config.logging.format not in ("json", "console"):
         raise ConfigError(
             f"logging.format must be 'json' or 'console', got {config.logging.format!r}"
@@ -216,6 +231,11 @@ def is_loopback(host: str) -> bool:
 
 def auth_token() -> str:
     return os.environ.get(AUTH_TOKEN_ENV, "")
+
+
+def store_dsn(config: Config) -> str:
+    """The Postgres DSN: `[store] dsn`, else env DATABASE_URL."""
+    return config.store.dsn or os.environ.get(DSN_ENV, "")
 
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "DSN")

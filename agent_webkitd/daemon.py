@@ -19,10 +19,10 @@ import structlog
 from aiohttp import web
 
 from . import __version__
-from .config import AUTH_TOKEN_ENV, Config, ConfigError, auth_token
+from .config import AUTH_TOKEN_ENV, DSN_ENV, Config, ConfigError, auth_token, store_dsn
 from .metrics import Metrics
 from .routes import build_app
-from .store import MemoryStore
+from .store import MemoryStore, Store
 from .supervisor import Supervisor
 from .wire import PROTOCOL_VERSION
 
@@ -30,18 +30,29 @@ log = structlog.get_logger(__name__)
 
 # Secrets the daemon reads at start-up and then removes from its environment, so the
 # CLI processes (and the tools they run) never inherit them.
-DAEMON_ONLY_ENV = (AUTH_TOKEN_ENV, "DATABASE_URL")
+DAEMON_ONLY_ENV = (AUTH_TOKEN_ENV, DSN_ENV)
 
 
-def take_auth_token(config: Config) -> str:
-    token = auth_token()
+def take_secrets(config: Config) -> tuple[str, str]:
+    """The bearer token and the Postgres DSN, removed from the environment."""
+    token, dsn = auth_token(), store_dsn(config)
     for name in DAEMON_ONLY_ENV:
         os.environ.pop(name, None)
     if not token and not config.auth.disabled:
         raise ConfigError(
             f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)"
         )
-    return token
+    if config.store.backend == "postgres" and not dsn:
+        raise ConfigError(f"store.backend is 'postgres' but neither store.dsn nor {DSN_ENV} is set")
+    return token, dsn
+
+
+def build_store(config: Config, dsn: str) -> Store:
+    if config.store.backend == "postgres":
+        from .pgstore import PostgresStore  # asyncpg only when it is used
+
+        return PostgresStore(config.store, dsn, config.server.host, config.server.port)
+    return MemoryStore()
 
 
 def watch_children_with_pidfd() -> None:
@@ -61,10 +72,12 @@ def watch_children_with_pidfd() -> None:
         asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
-async def serve(config: Config, token: str) -> None:
+async def serve(config: Config, token: str, dsn: str = "") -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
-    supervisor = Supervisor(config, MemoryStore(), Metrics())
+    store = build_store(config, dsn)
+    await store.start()
+    supervisor = Supervisor(config, store, Metrics())
     await supervisor.start()
     app = build_app(config, supervisor, token)
     # handler_cancellation: a client that goes away cancels its handler at once, so an
@@ -106,6 +119,7 @@ async def serve(config: Config, token: str) -> None:
     # Phase 4: shut down: force-close the sessions left, then the listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
+    await store.stop()
     await runner.cleanup()
     # Shutdown is done: a late signal must not kill the process mid-exit (exit status
     # != 0). Take the handlers from the loop first, or closing it would restore SIG_DFL.

@@ -9,7 +9,9 @@ and a subscriber busy writing finds the new events on its next check, so no wake
 ever missed.
 
 Wake-ups are coalesced. The first append after a quiet spell wakes subscribers at once;
-appends that follow within WAKE_INTERVAL_S share one wake-up at the end of that interval.
+appends that follow within WAKE_INTERVAL_S share one wake-up at the end of that interval
+(or sooner, once a quarter of the ring is waiting, so a small ring never overflows a
+subscriber that keeps up).
 So a burst of events costs each subscriber one wake-up and one socket write per interval
 instead of one per event (the difference between 1 and ~20 frames per send at 100
 subscribers), at the price of at most WAKE_INTERVAL_S extra delay inside a burst.
@@ -34,59 +36,108 @@ class CursorUnavailable(Exception):
     """The requested position is no longer (or not yet) in the log."""
 
 
+def encode_parts(seq: int | None, name: str, data: dict[str, Any]) -> tuple[str, str]:
+    """The frame's head and its JSON text. Raises TypeError/ValueError if `data` is not
+    plain JSON. The text is what a durable store keeps, so a replayed frame is
+    byte-identical to the live one."""
+    text = _dumps_compact(data)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
+        text = _dumps_ascii(data)
+    head = f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
+    return head, text
+
+
+def join_frame(head: str, text: str) -> bytes:
+    return (head + text + "\n\n").encode()
+
+
 def encode_frame(seq: int | None, name: str, data: dict[str, Any]) -> bytes:
     """One SSE frame. Raises TypeError/ValueError if `data` is not plain JSON."""
-    text = _dumps_compact(data)
-    head = f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
-    try:
-        return (head + text + "\n\n").encode()
-    except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
-        return (head + _dumps_ascii(data) + "\n\n").encode()
+    return join_frame(*encode_parts(seq, name, data))
+
+
+def stored_frame(seq: int, name: str, text: str) -> bytes:
+    """The frame of an event read back from a durable store."""
+    return join_frame(f"id: {seq}\nevent: {name}\ndata: ", text)
 
 
 class EventLog:
-    def __init__(self, session_id: str, ring_size: int, store: Store) -> None:
+    """Seqs are assigned at append; an event becomes visible to subscribers when the
+    store publishes it (at once for the memory store, after its commit for Postgres)."""
+
+    def __init__(self, session_id: str, ring_size: int, store: Store, last_seq: int = 0) -> None:
         self.session_id = session_id
         self._size = ring_size
         self._ring: list[bytes] = [b""] * ring_size
         self._store = store
-        self.last_seq = store.last_seq(session_id)
+        self.last_seq = last_seq  # the newest seq assigned
+        self.published_seq = last_seq  # the newest seq subscribers may see
+        self._first_kept = last_seq + 1  # the ring holds nothing older
         self.closed = False
+        self.fenced = False  # another host owns the session now; unpublished events are void
         self.ticks = 0  # bumped by pulse(); lets idle subscribers time their keepalives
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._last_wake = -WAKE_INTERVAL_S
         self._deferred_wake: asyncio.TimerHandle | None = None
+        self._woken_seq = last_seq
+        self._wake_batch = max(1, ring_size // 4)
 
     @property
     def first_seq(self) -> int:
-        """The oldest seq still in the ring (== last_seq + 1 when the ring is empty)."""
-        return max(self._store.first_seq(self.session_id), self.last_seq - self._size + 1)
+        """The oldest seq still in the ring (== published_seq + 1 when it holds nothing)."""
+        return max(self._first_kept, self.last_seq - self._size + 1)
+
+    def load(self, frames: list[tuple[int, bytes]]) -> None:
+        """Fill the ring with already published frames (a session taken over from a host
+        that died), oldest first, ending at last_seq."""
+        for seq, frame in frames[-self._size :]:
+            self._ring[seq % self._size] = frame
+        if frames:
+            self._first_kept = max(frames[0][0], self.last_seq - self._size + 1)
 
     def append(self, name: str, data: dict[str, Any]) -> int:
-        """Assign the next seq, encode once, store, wake every subscriber. Never raises
-        for bad data: an event that cannot be encoded becomes an `error` event."""
+        """Assign the next seq, encode once, hand to the store (which publishes it).
+        Never raises for bad data: an event that cannot be encoded becomes an `error`."""
         if self.closed:
             raise RuntimeError("append to a closed event log")
         seq = self.last_seq + 1
         try:
-            frame = encode_frame(seq, name, data)
+            head, text = encode_parts(seq, name, data)
         except (TypeError, ValueError) as exc:
             name, data = (
                 "error",
                 {"code": "encode_failed", "message": f"could not encode {name}: {exc}"},
             )
-            frame = encode_frame(seq, name, data)
+            head, text = encode_parts(seq, name, data)
+        frame = join_frame(head, text)
         self._ring[seq % self._size] = frame
         self.last_seq = seq
-        self._store.append(self.session_id, seq, name, data)
-        self._wake_soon()
+        self._store.append(self, seq, name, text)
         return seq
 
+    def publish(self, seq: int) -> None:
+        """Events up to `seq` are durable: let subscribers have them."""
+        if seq > self.published_seq and not self.fenced:
+            self.published_seq = seq
+            self._wake_soon()
+
     def close(self) -> None:
-        """No more events; subscribers end once they have written everything."""
+        """No more events; subscribers end once they have written everything published."""
         self.closed = True
         self._wake()
+
+    def fence(self) -> None:
+        """Another host took the session over: stop at what was published."""
+        self.fenced = True
+        self.close()
+
+    @property
+    def ended(self) -> bool:
+        """Subscribers at published_seq have nothing more to wait for."""
+        return self.closed and (self.fenced or self.published_seq == self.last_seq)
 
     def pulse(self) -> None:
         """Wake idle subscribers so they can write a keepalive or notice a dead socket."""
@@ -94,6 +145,9 @@ class EventLog:
         self._wake()
 
     def _wake_soon(self) -> None:
+        if self.published_seq - self._woken_seq >= self._wake_batch:
+            self._wake()  # a small ring must not fill up between wake-ups
+            return
         if self._deferred_wake is not None:
             return  # this event rides on the wake-up already scheduled
         due = self._last_wake + WAKE_INTERVAL_S
@@ -107,6 +161,7 @@ class EventLog:
             self._deferred_wake.cancel()
             self._deferred_wake = None
         self._last_wake = self._loop.time()
+        self._woken_seq = self.published_seq
         # set() resolves every current waiter; clear() right away re-arms for the next one.
         self._changed.set()
         self._changed.clear()
@@ -115,20 +170,21 @@ class EventLog:
         """Return at the next append, close or pulse. Callers check their cursor first."""
         await self._changed.wait()
 
-    def check_cursor(self, after: int) -> None:
-        """Raise CursorUnavailable unless every event after `after` can still be read."""
-        if after > self.last_seq:
+    def check_cursor(self, after: int, *, durable: bool = False) -> None:
+        """Raise CursorUnavailable unless every event after `after` can still be read
+        (from the ring, or from the store when it is `durable`)."""
+        if after > self.published_seq:
             raise CursorUnavailable(
-                f"event id {after} is beyond the newest event ({self.last_seq})"
+                f"event id {after} is beyond the newest event ({self.published_seq})"
             )
-        if after < self.first_seq - 1:
+        if not durable and after < self.first_seq - 1:
             raise CursorUnavailable(
                 f"events after {after} are no longer available (oldest kept: {self.first_seq})"
             )
 
     def frames_after(self, after: int, limit: int) -> list[bytes]:
-        """Up to `limit` frames with seq > after, oldest first. O(k)."""
+        """Up to `limit` published frames with seq > after, oldest first. O(k)."""
         self.check_cursor(after)
-        end = min(self.last_seq, after + limit)
+        end = min(self.published_seq, after + limit)
         ring, size = self._ring, self._size
         return [ring[seq % size] for seq in range(after + 1, end + 1)]

@@ -39,7 +39,12 @@ class Metrics:
         )
         self.sessions_evicted = Counter(
             "agent_webkit_sessions_evicted_total",
-            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), error (the CLI died), drain (shutdown).",
+            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), error (the CLI died), drain (shutdown), lost (claimed by another host).",
+            registry=r,
+        )
+        self.sessions_claimed = Counter(
+            "agent_webkit_sessions_claimed_total",
+            "Sessions taken over from a host that went away (Postgres store).",
             registry=r,
         )
         self.capacity_rejections = Counter(

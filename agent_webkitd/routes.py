@@ -148,9 +148,10 @@ async def create_session(request: web.Request) -> web.StreamResponse:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
-    session = supervisor.get(request.match_info["session_id"])
+    cursor = sse.parse_cursor(request)
+    session = await asyncio.shield(supervisor.find(request.match_info["session_id"]))
     try:
-        after = sse.resolve_start(session.log, sse.parse_cursor(request))
+        after = sse.resolve_start(session.log, cursor, durable=supervisor.store.durable)
     except ApiError as exc:
         if exc.status == 412:
             supervisor.metrics.resume_412.inc({})
@@ -159,7 +160,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session.attach()
     try:
         response, evicted = await sse.stream_events(
-            request, session.log, after, {SUBSCRIBER_HEADER: subscriber}
+            request,
+            session.log,
+            after,
+            {SUBSCRIBER_HEADER: subscriber},
+            supervisor.store,
+            from_edge=cursor is None,
         )
     finally:
         session.detach()
@@ -170,8 +176,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def post_input(request: web.Request) -> web.StreamResponse:
-    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
     message = wire.parse_inbound(await read_json(request, allow_empty=False))
+    session = await asyncio.shield(request.app[SUPERVISOR].find(request.match_info["session_id"]))
     await asyncio.shield(
         session.handle_input(
             message, request.app[CONFIG].agent.allowed_permission_modes, subscriber_id(request)
@@ -190,7 +196,7 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
-    session = request.app[SUPERVISOR].get(request.match_info["session_id"])
+    session = await asyncio.shield(request.app[SUPERVISOR].find(request.match_info["session_id"]))
     return json_response(session.describe(full=True))
 
 

@@ -33,9 +33,16 @@ from .config import AgentConfig
 from .errors import ApiError, unavailable
 from .eventlog import EventLog
 from .metrics import Metrics
-from .store import Store
+from .store import ClaimedSession, Store
 
 STDERR_TAIL_LINES = 40
+# Events that settle a permission_request or ask_user_question.
+DECISION_ENDINGS = (
+    "permission_resolved",
+    "question_resolved",
+    "permission_expired",
+    "permission_cancelled",
+)
 INTERRUPT_ON_CLOSE_TIMEOUT_S = 2.0
 
 
@@ -65,12 +72,17 @@ class Session:
         store: Store,
         metrics: Metrics,
         on_closed: Callable[[Session], None],
+        claimed: ClaimedSession | None = None,
     ) -> None:
-        self.id = str(uuid.uuid4())
+        self.id = claimed.session_id if claimed else str(uuid.uuid4())
         self._on_closed = on_closed
         self.spec = spec
         self.metrics = metrics
-        self.log = EventLog(self.id, spec.ring_size, store)
+        self.store = store
+        self.claimed = claimed
+        self.log = EventLog(self.id, spec.ring_size, store, claimed.last_seq if claimed else 0)
+        if claimed:
+            self.log.load(claimed.frames)
         self.bridge = Bridge(
             self.id, self.emit, self._emit_state, spec.permission_timeout_s, metrics
         )
@@ -89,6 +101,8 @@ class Session:
         self._in_turn = False
         self._cancelling = False
         self._runner: asyncio.Task[None] | None = None
+        self._release = False  # closing hands the session to another host instead
+        self._sdk_session_id = claimed.sdk_session_id if claimed else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -96,13 +110,51 @@ class Session:
         """Start the CLI and connect; raises AgentStartFailed if it cannot."""
         self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
         await self._connected
-        self.emit(
-            "session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION}
-        )
+        if self.claimed:
+            self._settle_claimed(self.claimed)
+        else:
+            self.emit(
+                "session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION}
+            )
         self._emit_state()
 
-    async def close(self, reason: str) -> None:
-        """Disconnect the client (the CLI process ends), end every stream with `done`."""
+    def _settle_claimed(self, claimed: ClaimedSession) -> None:
+        """The host that died may have left a turn running and decisions open: their CLI
+        is gone, so withdraw each decision and end the turn, in the stream, for everyone."""
+        pending: dict[str, None] = {}
+        state = "idle"
+        for name, data in claimed.events:
+            if name in ("permission_request", "ask_user_question"):
+                pending[data.get("correlation_id", "")] = None
+            elif name in DECISION_ENDINGS:
+                pending.pop(data.get("correlation_id", ""), None)
+            elif name == "session_state":
+                state = data.get("state", state)
+        for correlation_id in pending:
+            self.emit("permission_cancelled", {"correlation_id": correlation_id})
+        if state not in ("idle", "closed"):
+            self.emit(
+                "error",
+                {
+                    "code": "turn_lost",
+                    "message": "the host running this turn went away; the turn did not finish."
+                    " The conversation up to the last completed turn is kept: send the message again",
+                },
+            )
+        self.state = "starting"  # so _emit_state announces idle
+        self.logger.info(
+            "session_claimed",
+            last_seq=claimed.last_seq,
+            turn_lost=state not in ("idle", "closed"),
+            decisions_withdrawn=len(pending),
+            resumed=claimed.sdk_session_id is not None,
+        )
+
+    async def close(self, reason: str, *, release: bool = False) -> None:
+        """Disconnect the client (the CLI process ends), end every stream with `done`.
+        `release`: leave the session open in the store for another host to claim; its
+        streams end without `done` so clients reconnect."""
+        self._release = release
         self._stop_because(reason)
         if self._runner is not None:
             await asyncio.shield(self._runner)
@@ -160,7 +212,13 @@ class Session:
 
     def _options(self) -> ClaudeAgentOptions:
         agent = self.spec.agent
+        transcripts = self.store.sdk_session_store()
         return ClaudeAgentOptions(
+            # With a durable store the CLI mirrors its transcript there, so any host can
+            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
+            session_store=transcripts,
+            session_store_flush="eager" if transcripts else "batched",
+            resume=self.claimed.sdk_session_id if self.claimed else None,
             cli_path=agent.cli_path or None,
             model=self.spec.model or None,
             permission_mode=self.spec.permission_mode,  # type: ignore[arg-type]
@@ -203,11 +261,16 @@ class Session:
             self._client = None
             self._in_turn = False
             self.state = "closed"
-            self.emit("session_state", {"state": "closed"})
-            self.emit("done", {})
-            self.log.close()
+            if self._release:
+                await self.store.release(self.id)
+                self.log.fence()
+            else:
+                self.emit("session_state", {"state": "closed"})
+                self.emit("done", {})
+                await self.store.session_closed(self.id, self.close_reason or "closed")
+                self.log.close()
             self._on_closed(self)
-            self.logger.info("session_closed", reason=self.close_reason)
+            self.logger.info("session_closed", reason=self.close_reason, released=self._release)
 
     async def _interrupt_before_close(self, client: ClaudeSDKClient) -> None:
         """A CLI mid-turn would finish the turn (the model still generating) before it
@@ -224,8 +287,13 @@ class Session:
         while error is None:
             try:
                 async for message in client.receive_messages():
+                    await self.store.room()  # a database that lags pauses the CLI
                     if self.bridge.handle(message):
                         self._turn_done.set()
+                    if self.bridge.claude_session_id != self._sdk_session_id:
+                        self._sdk_session_id = self.bridge.claude_session_id
+                        if self._sdk_session_id:
+                            self.store.note_sdk_session(self.id, self._sdk_session_id)
                 error = {
                     "code": "agent_exited",
                     "message": self._exit_message("the agent process exited (code 0)"),

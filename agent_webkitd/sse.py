@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .errors import ApiError, bad_request
 from .eventlog import CursorUnavailable, EventLog, encode_frame
+from .store import Store
 
 RETRY_MS = 2000
 MAX_FRAMES_PER_WRITE = 512
@@ -35,22 +36,31 @@ def parse_cursor(request: web.Request) -> int | None:
     return int(raw)
 
 
-def resolve_start(log: EventLog, cursor: int | None) -> int:
-    """The seq after which to start sending; ApiError 412 if it cannot be honoured."""
+def resolve_start(log: EventLog, cursor: int | None, *, durable: bool = False) -> int:
+    """The seq after which to start sending; ApiError 412 if it cannot be honoured
+    (with a `durable` store, only a cursor beyond the newest event is refused)."""
     if cursor is None:
-        return log.first_seq - 1
+        return min(log.first_seq - 1, log.published_seq)
     try:
-        log.check_cursor(cursor)
+        log.check_cursor(cursor, durable=durable)
     except CursorUnavailable as exc:
         raise ApiError(412, "cursor_unavailable", str(exc)) from exc
     return cursor
 
 
 async def stream_events(
-    request: web.Request, log: EventLog, after: int, headers: dict[str, str]
+    request: web.Request,
+    log: EventLog,
+    after: int,
+    headers: dict[str, str],
+    store: Store,
+    *,
+    from_edge: bool = False,
 ) -> tuple[web.StreamResponse, bool]:
     """Stream until `done` or the client leaves. Returns the response and whether the
-    subscriber was evicted for falling out of the ring."""
+    subscriber was evicted for falling out of the ring (a durable store serves such a
+    subscriber from the database instead). `from_edge`: the client gave no cursor, so if
+    the ring moves on before its first frame, it starts at the new edge instead."""
     response = web.StreamResponse(
         status=200,
         headers={
@@ -69,10 +79,20 @@ async def stream_events(
     ticks = log.ticks
     try:
         while True:
-            if cursor < log.last_seq:
+            if cursor < log.published_seq:
                 try:
                     frames = log.frames_after(cursor, MAX_FRAMES_PER_WRITE)
                 except CursorUnavailable:
+                    if from_edge and cursor == after and not store.durable:
+                        cursor = after = log.first_seq - 1
+                        continue
+                    try:
+                        frames = await store.frames(
+                            log.session_id, cursor, log.published_seq, MAX_FRAMES_PER_WRITE
+                        )
+                    except Exception:  # the database is away: end; the client resumes
+                        break
+                if not frames:
                     await response.write(
                         encode_frame(
                             None,
@@ -90,13 +110,13 @@ async def stream_events(
                 idle_pulses = 0
                 await response.write(b"".join(frames))
                 continue
-            if log.closed:
+            if log.ended:
                 break
             transport = request.transport
             if transport is None or transport.is_closing():
                 break
             await log.wait()
-            if log.ticks != ticks and cursor == log.last_seq:
+            if log.ticks != ticks and cursor == log.published_seq:
                 ticks = log.ticks
                 idle_pulses += 1
                 if idle_pulses >= IDLE_PULSES_PER_KEEPALIVE:

@@ -1,44 +1,128 @@
-"""Where events live beyond the ring: the seam between the EventLog and durable storage.
+"""Where sessions and their events live beyond one process: the seam between the
+Supervisor/EventLog and durable storage.
 
-The memory store keeps nothing beyond each session's ring (the ring is the store), so a
-cursor older than the ring gets 412. A durable store (Postgres) implements the same
-surface so that seq continues after a restart and is never reused.
+The memory store keeps nothing beyond each session's ring (the ring is the store): it
+publishes every event at once, a cursor older than the ring gets 412, and a session
+dies with its process. The Postgres store (pgstore.py) commits events before publishing
+them, replays from the database, and lets another host claim a session whose owner died.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from claude_agent_sdk.types import SessionStore
+
+    from .eventlog import EventLog
+
+
+@dataclass
+class ClaimedSession:
+    """A session this host has just taken over from a host that is gone."""
+
+    session_id: str
+    spec: dict[str, Any]  # what the session was created with (model, permission_mode, cwd)
+    sdk_session_id: str | None  # the Claude session to resume, if a turn ever started
+    last_seq: int
+    frames: list[tuple[int, bytes]]  # the newest published events, oldest first
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # same, decoded
+
+
+class SessionOwnedElsewhere(Exception):
+    def __init__(self, owner: str, advertise_url: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+        self.advertise_url = advertise_url
 
 
 class Store(Protocol):
-    def last_seq(self, session_id: str) -> int:
-        """The newest seq ever assigned to this session (0 for a new session)."""
+    durable: bool
+    # Set by the Supervisor: called with a session id when another host has taken it.
+    on_session_lost: Callable[[str], None]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
+        """Record one event (`text` is its JSON) and publish it on the log once durable."""
         ...
 
-    def first_seq(self, session_id: str) -> int:
-        """The oldest seq this store can still replay (1 if it keeps everything)."""
-        ...
-
-    def append(self, session_id: str, seq: int, name: str, data: dict[str, Any]) -> None:
-        """Record one event."""
+    async def room(self) -> None:
+        """Return when the store can take more events (backpressure for producers)."""
         ...
 
     async def check(self) -> None:
         """Raise if the store cannot be used right now (for /readyz)."""
         ...
 
+    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
+        """Up to `limit` frames with after < seq <= until, from durable storage."""
+        ...
+
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None: ...
+
+    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
+        """The Claude session id a later resume needs."""
+        ...
+
+    async def session_closed(self, session_id: str, reason: str) -> None: ...
+
+    async def release(self, session_id: str) -> None:
+        """Give up ownership without closing (shutdown): another host may claim it."""
+        ...
+
+    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+        """Take over a session whose owner is gone. None: no such open session.
+        Raises SessionOwnedElsewhere while its owner is alive."""
+        ...
+
+    def sdk_session_store(self) -> SessionStore | None: ...
+
 
 class MemoryStore:
     """Nothing survives the process; the ring is all the history there is."""
 
-    def last_seq(self, session_id: str) -> int:
-        return 0
+    durable = False
 
-    def first_seq(self, session_id: str) -> int:
-        return 1
+    def __init__(self) -> None:
+        self.on_session_lost: Callable[[str], None] = lambda session_id: None
 
-    def append(self, session_id: str, seq: int, name: str, data: dict[str, Any]) -> None:
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
+        log.publish(seq)
+
+    async def room(self) -> None:
         pass
 
     async def check(self) -> None:
         pass
+
+    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
+        return []
+
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
+        pass
+
+    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
+        pass
+
+    async def session_closed(self, session_id: str, reason: str) -> None:
+        pass
+
+    async def release(self, session_id: str) -> None:
+        pass
+
+    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+        return None
+
+    def sdk_session_store(self) -> SessionStore | None:
+        return None

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import ApiError, bad_request, not_found, unavailable
 from .metrics import Metrics
 from .session import AgentStartFailed, Session, SessionSpec
-from .store import Store
+from .store import ClaimedSession, SessionOwnedElsewhere, Store
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +40,8 @@ class Supervisor:
         self._starting = 0  # creations in flight, reserved against the cap
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._claims: dict[str, asyncio.Future[Session]] = {}  # claims in flight, by id
+        store.on_session_lost = self._lost
 
     async def start(self) -> None:
         self._tasks = [
@@ -48,11 +50,15 @@ class Supervisor:
         ]
 
     async def stop(self) -> None:
-        """Close every session left (each stream ends with `done`, each CLI process ends)."""
+        """Close every session left (each CLI process ends). With a durable store each is
+        released for another host to claim and its streams end without `done`, so clients
+        reconnect and carry on; otherwise each stream ends with `done`."""
         for task in self._tasks:
             task.cancel()
+        release = self.store.durable
         await asyncio.gather(
-            *(self.close(s, "drain") for s in list(self.sessions.values())), *self._closing
+            *(self.close(s, "drain", release=release) for s in list(self.sessions.values())),
+            *self._closing,
         )
 
     async def wait_until_empty(self, timeout_s: float, abort: asyncio.Event) -> bool:
@@ -62,8 +68,20 @@ class Supervisor:
         while self.sessions or self._starting:
             if abort.is_set() or asyncio.get_running_loop().time() >= deadline:
                 return False
+            if self.store.durable:
+                self._hand_off_settled_sessions()
             await asyncio.sleep(DRAIN_POLL_S)
         return True
+
+    def _hand_off_settled_sessions(self) -> None:
+        """Durable store: a session between turns loses nothing by moving to another
+        host, so release it now instead of waiting for it to idle out. Its streams end
+        without `done`; clients reconnect and the next host claims it."""
+        for session in list(self.sessions.values()):
+            if not session.busy and not session.bridge.decisions.pending:
+                task = asyncio.create_task(self.close(session, "drain", release=True))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def _keepalive_ticker(self) -> None:
         period = self.config.server.keepalive_s / 2
@@ -85,11 +103,8 @@ class Supervisor:
                     self._closing.add(task)
                     task.add_done_callback(self._closing.discard)
 
-    async def create(self, request: wire.CreateSession) -> Session:
-        agent = self.config.agent
-        mode = request.permission_mode or agent.permission_mode
-        wire.check_mode_allowed(mode, agent.allowed_permission_modes)
-        cwd = self._resolve_cwd(request.cwd)
+    def _admit(self) -> None:
+        """Raise 503 unless this host can take one more session."""
         if self.draining:
             self.metrics.capacity_rejections.inc({"reason": "draining"})
             raise unavailable(
@@ -102,45 +117,128 @@ class Supervisor:
                 f"this server hosts at most {self.config.sessions.max_sessions} sessions",
                 5,
             )
-        spec = SessionSpec(
+
+    def _spec(self, model: str | None, mode: str, cwd: str | None) -> SessionSpec:
+        agent = self.config.agent
+        return SessionSpec(
             agent=agent,
-            model=request.model or agent.model or None,
+            model=model or agent.model or None,
             permission_mode=mode,
             cwd=cwd,
             ring_size=self.config.sessions.ring_size,
             inbound_queue_size=self.config.sessions.inbound_queue_size,
             permission_timeout_s=self.config.sessions.permission_timeout_s,
         )
+
+    async def create(self, request: wire.CreateSession) -> Session:
+        agent = self.config.agent
+        mode = request.permission_mode or agent.permission_mode
+        wire.check_mode_allowed(mode, agent.allowed_permission_modes)
+        cwd = self._resolve_cwd(request.cwd)
+        self._admit()
+        spec = self._spec(request.model, mode, cwd)
         session = Session(spec, self.store, self.metrics, self._forget)
         self._starting += 1
         try:
-            await session.start()
-        except AgentStartFailed as exc:
-            session.logger.warning("agent_start_failed", error=str(exc))
-            tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
-            raise ApiError(
-                502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
-            ) from exc
+            try:
+                await self.store.session_opened(
+                    session.id, {"model": spec.model, "permission_mode": mode, "cwd": cwd}
+                )
+            except Exception as exc:  # the database is away: refuse rather than lose it
+                session.logger.warning("store_unavailable", error=str(exc))
+                raise unavailable(
+                    "store_unavailable", "the session store cannot be reached; retry later", 5
+                ) from exc
+            await self._start(session)
         finally:
             self._starting -= 1
-        self.sessions[session.id] = session
         self.metrics.sessions_created.inc({})
         session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
         return session
 
-    def get(self, session_id: str) -> Session:
+    async def _start(self, session: Session) -> None:
+        try:
+            await session.start()
+        except AgentStartFailed as exc:
+            session.logger.warning("agent_start_failed", error=str(exc))
+            if session.claimed:  # not this host's to end: let another host try
+                await self.store.release(session.id)
+            else:
+                await self.store.session_closed(session.id, "error")
+            tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
+            raise ApiError(
+                502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
+            ) from exc
+        self.sessions[session.id] = session
+
+    async def find(self, session_id: str) -> Session:
+        """The live session with this id: this host's, or one claimed from a host that is
+        gone (durable store). 404 if there is none; 503 while another live host owns it."""
         session = self.sessions.get(session_id)
-        if session is None:
+        if session is not None:
+            return session
+        if not self.store.durable:
             raise not_found(session_id)
+        claim = self._claims.get(session_id)
+        if claim is None:  # one claim per id at a time; concurrent requests share it
+            claim = asyncio.ensure_future(self._claim(session_id))
+            self._claims[session_id] = claim
+            claim.add_done_callback(lambda _: self._claims.pop(session_id, None))
+        return await asyncio.shield(claim)
+
+    async def _claim(self, session_id: str) -> Session:
+        self._admit()
+        self._starting += 1
+        try:
+            try:
+                claimed = await self.store.claim(session_id, self.config.sessions.ring_size)
+            except SessionOwnedElsewhere as exc:
+                raise ApiError(
+                    503,
+                    "session_elsewhere",
+                    f"session {session_id!r} is live on another host ({exc.owner})",
+                    {"Retry-After": "1"},
+                    extra={"owner": exc.owner, "owner_url": exc.advertise_url},
+                ) from exc
+            except Exception as exc:
+                raise unavailable(
+                    "store_unavailable", "the session store cannot be reached; retry later", 5
+                ) from exc
+            if claimed is None:
+                raise not_found(session_id)
+            session = Session(
+                self._claimed_spec(claimed), self.store, self.metrics, self._forget, claimed
+            )
+            await self._start(session)
+        finally:
+            self._starting -= 1
+        self.metrics.sessions_claimed.inc({})
         return session
 
-    async def delete(self, session_id: str) -> None:
-        await self.close(self.get(session_id), "closed")
+    def _claimed_spec(self, claimed: ClaimedSession) -> SessionSpec:
+        spec = claimed.spec
+        return self._spec(
+            spec.get("model"), spec.get("permission_mode") or "default", spec.get("cwd")
+        )
 
-    async def close(self, session: Session, reason: str) -> None:
+    def _lost(self, session_id: str) -> None:
+        """Another host claimed a session of ours (our lease ran out): stop it here
+        without publishing anything more."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        session.log.fence()
+        task = asyncio.create_task(self.close(session, "lost", release=True))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def delete(self, session_id: str) -> None:
+        await self.close(await self.find(session_id), "closed")
+
+    async def close(self, session: Session, reason: str, *, release: bool = False) -> None:
         # Gone from the registry at once: the id answers 404 while the CLI shuts down.
         self.sessions.pop(session.id, None)
-        await session.close(reason)
+        await session.close(reason, release=release)
 
     def _forget(self, session: Session) -> None:
         """Called by every session as it ends, whatever ended it."""

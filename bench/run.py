@@ -16,6 +16,11 @@ Phases (all by default; `--only` picks some, `--no-scale` drops the last):
   replay   a new subscriber receiving a full 1000-event ring (Last-Event-ID and no header)
   create   POST /sessions latency p50/p99
   memory   server RSS (CLI processes excluded) per idle session and per 1000 ring events
+  durable  ours only, the memory store against the Postgres store (a throwaway database,
+           `awk_bench_<hex>` on AGENT_WEBKITD_BENCH_PG, default the local server): the
+           fan-out turn with 1 and 100 subscribers; 30 short turns (one streamed text block each) with one subscriber
+           (user message POST -> its `result`); the events table's on-disk size per 1000
+           events, and the transcript tables' size
   scale    ours only: 1000 live sessions, one subscriber each, a short turn on every one
 
 Raw results: bench/results/<timestamp>.json.
@@ -46,10 +51,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import pgdb  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "scale")
+PHASES = ("fanout", "replay", "create", "memory", "durable", "scale")
+OURS_ONLY = ("durable", "scale")  # phases that do not need the peer installed
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -60,8 +67,19 @@ def log(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
-def events_scenario(k: int, text: str) -> dict[str, Any]:
-    return {"turns": [{"steps": [{"events": k, "text": text}]}], "then": "repeat_last"}
+def events_scenario(k: int, text: str, burst: int = 0) -> dict[str, Any]:
+    """Every turn K one-block assistant frames; with `burst`, in runs of at most that many,
+    separated by a one-word text message."""
+    steps: list[dict[str, Any]] = []
+    for start in range(0, k, burst or k):
+        if steps:
+            steps.append({"text": "x"})
+        steps.append({"events": min(burst or k, k - start), "text": text})
+    return {"turns": [{"steps": steps}], "then": "repeat_last"}
+
+
+# Every turn one assistant message with one short text block, streamed word by word.
+SHORT_TURN = {"turns": [{"steps": [{"text": "done, nothing else to do"}]}], "then": "repeat_last"}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -163,9 +181,9 @@ class Bench:
 
     # --- fan-out --------------------------------------------------------------------
 
-    async def fanout_run(self, server: Server, n: int, k: int, *, text: str = "x",
+    async def fanout_run(self, server: Server, n: int, k: int, *, text: str = "x", burst: int = 0,
                          pause: dict[str, Any] | None = None) -> dict[str, Any]:
-        sid = await server.create(events_scenario(k, text))
+        sid = await server.create(events_scenario(k, text, burst))
         subs = [stream_sub(sid) for _ in range(n)]
         if pause is not None:
             subs.append(stream_sub(sid, **pause))
@@ -383,6 +401,87 @@ class Bench:
             out["stops"] = {s.label: await self.stop(s) for s in (ours, peer)}
         return out
 
+    # --- durable --------------------------------------------------------------------
+
+    async def short_turn(self, server: Server, sid: str, cursor: int) -> dict[str, Any]:
+        """One turn watched by one live subscriber that starts after `cursor` (the previous
+        turn's `result`): user message POST -> that subscriber's `result`."""
+        spec = {"path": f"/sessions/{sid}/stream", "last_event_id": str(cursor), "stop": "result"}
+        run = await self.turn(server, sid, [spec], self.args.turn_timeout)
+        sub = run["subs"][0]
+        if run["post_status"] != 204 or sub.get("result_t") is None:
+            raise RuntimeError(f"{server.label}: short turn without a result (input -> {run['post_status']},"
+                               f" subscriber stopped: {sub.get('reason')} {sub.get('http_error') or ''})")
+        return {"ms": (sub["result_t"] - run["t0"]) * 1000, "post_ms": run["post_ms"],
+                "result_id": sub["result_id"], "events": sub.get("count", 0), "missing": sub.get("missing", 0)}
+
+    async def phase_durable(self) -> dict[str, Any]:
+        a = self.args
+        log(f"\n== durable (ours only): memory store vs Postgres store; fan-out turn of K={a.k} events,"
+            f" subscribers {a.durable_subs}, {a.reps} rep(s); then {a.short_turns} short turns, one subscriber")
+        out: dict[str, Any] = self.results.setdefault("durable", {"runs": [], "short": {}})
+        async with pgdb.scratch_database() as dsn:
+            out["database"] = dsn.rsplit("/", 1)[1]
+            servers = (Ours(self.tmp, "ours-durable-memory", ring_size=a.fanout_ring),
+                       Ours(self.tmp, "ours-durable-postgres", ring_size=a.fanout_ring, store_dsn=dsn))
+            try:
+                for server in servers:
+                    await self.start(server)
+                if not a.quick:  # warm-up, not counted
+                    for server in servers:
+                        await self.fanout_run(server, 1, min(a.k, 500))
+                for rep in range(a.reps):
+                    for n in a.durable_subs:
+                        for server in servers:
+                            run = await self.fanout_run(server, n, a.k)
+                            run.update(rep=rep, store=server.store)
+                            out["runs"].append(run)
+                            log("  " + describe_run(run, who=f"{server.store:<8}"))
+                out["fanout"] = [
+                    {"n": n, **{s.store: summarize_runs([r for r in out["runs"] if r["store"] == s.store and r["n"] == n])
+                                for s in servers}}
+                    for n in a.durable_subs
+                ]
+
+                log("-- short turns: one text block each, one live subscriber from the previous `result`;"
+                    " the first turn of each session is not counted")
+                short: dict[str, list[dict[str, Any]]] = {s.store: [] for s in servers}
+                sids = {s.store: await s.create(SHORT_TURN) for s in servers}
+                cursors = dict.fromkeys(sids, 0)
+                for i in range(a.short_turns + 1):
+                    for server in servers:
+                        turn = await self.short_turn(server, sids[server.store], cursors[server.store])
+                        cursors[server.store] = turn["result_id"]
+                        if i:
+                            short[server.store].append(turn)
+                for server in servers:
+                    turns = short[server.store]
+                    ms, post = [t["ms"] for t in turns], [t["post_ms"] for t in turns]
+                    part = out["short"][server.store] = {
+                        "turns": turns, "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+                        "post_p50_ms": percentile(post, 50), "events_mean": statistics.mean(t["events"] for t in turns),
+                        "missing": sum(t["missing"] for t in turns),
+                    }
+                    log(f"  {server.store:<8}: result p50 {fmt_ms(part['p50_ms'])} ms, p99 {fmt_ms(part['p99_ms'])} ms"
+                        f" (POST p50 {fmt_ms(part['post_p50_ms'])} ms); {len(turns)} turns of"
+                        f" {part['events_mean']:.0f} events, missing {part['missing']}")
+                    with contextlib.suppress(Exception):
+                        await server.delete(sids[server.store])
+                mem, pg = out["short"]["memory"], out["short"]["postgres"]
+                for q in (50, 99):
+                    out["short"][f"added_p{q}_ms"] = pg[f"p{q}_ms"] - mem[f"p{q}_ms"]
+                log(f"  the commit adds per turn: p50 {out['short']['added_p50_ms']:+.1f} ms,"
+                    f" p99 {out['short']['added_p99_ms']:+.1f} ms")
+            finally:
+                out["stops"] = {s.label: await self.stop(s) for s in servers}
+            st = out["storage"] = await pgdb.storage(dsn)
+            st["events_kib_per_1000"] = st["events_bytes"] / 1024 / st["events"] * 1000 if st["events"] else None
+            log(f"  storage: awk_events {st['events_bytes'] / 1024:,.0f} KiB for {st['events']:,} events"
+                f" ({st['data_bytes_mean']:.0f} bytes of JSON each): {fmt_num(st['events_kib_per_1000'])} KiB"
+                f" per 1000 events; transcript tables {st['transcript_bytes'] / 1024:,.0f} KiB"
+                f" ({st['transcripts']} transcripts, {st['transcript_entries']:,} entries)")
+        return out
+
     # --- scale ----------------------------------------------------------------------
 
     async def phase_scale(self) -> dict[str, Any]:
@@ -566,6 +665,28 @@ def summarize_turn(run: dict[str, Any], *, paused: bool, timeout_s: float) -> di
     }
 
 
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repetitions of one fan-out setting: the median of events/s, latency percentiles over
+    every subscriber of every run, and what was lost."""
+
+    def med(key: str) -> float | None:
+        xs = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(xs) if xs else None
+
+    lat = [x for r in runs for x in r["latency_ms"]]
+    return {
+        "runs": len(runs),
+        "subscribers": sum(r["n"] for r in runs),
+        "eps": med("eps"),
+        "eps_before_stall": med("eps_before_stall"),
+        "lat_p50_ms": percentile(lat, 50),
+        "lat_p99_ms": percentile(lat, 99),
+        "censored": any(r["censored"] for r in runs),
+        "lost": sum(r["missing"] + r["undelivered"] for r in runs),
+        "stalls": sum(r["stalls"] for r in runs),
+    }
+
+
 def fmt_ms(x: float | None) -> str:
     if x is None:
         return "-"
@@ -576,7 +697,8 @@ def fmt_num(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def describe_run(run: dict[str, Any]) -> str:
+def describe_run(run: dict[str, Any], who: str = "") -> str:
+    """One run on one line; `who` names the server (default: ours or peer)."""
     extra = ""
     if run["stalls"]:
         extra = f" [{run['stall_reasons'][0]}]"
@@ -587,7 +709,7 @@ def describe_run(run: dict[str, Any]) -> str:
     if run["http_errors"]:
         extra += f" [{run['http_errors'][:3]}]"
     lost = f"missing {run['missing']}" + (f" + {run['undelivered']} never delivered" if run["undelivered"] else "")
-    return (f"{run['server']:<4} n={run['n']:<3}: {fmt_num(run['eps']):>9} ev/s, turn-end p50 "
+    return (f"{who or run['server']:<4} n={run['n']:<3}: {fmt_num(run['eps']):>9} ev/s, turn-end p50 "
             f"{fmt_ms(run['lat_p50_ms'])} ms p99 {fmt_ms(run['lat_p99_ms'])} ms, {lost},"
             f" stalls {run['stalls']}, {run['elapsed_s']:.2f} s; CPU server {run['server_cpu_s']:.2f} s,"
             f" clients {run['client_cpu_s']:.2f} s; {fmt_num(run['events_per_read'], 1)} events/read{extra}")
@@ -618,34 +740,18 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     fan = results.get("fanout")
     if fan:
         for n in args.subs:
-            by = {name: [r for r in fan["runs"] if r["server"] == name and r["n"] == n] for name in ("ours", "peer")}
-
-            def med(name: str, key: str, runs: dict[str, list[dict[str, Any]]] = by) -> float | None:
-                xs = [r[key] for r in runs[name] if r.get(key) is not None]
-                return statistics.median(xs) if xs else None
-
-            def pooled(name: str, q: float, runs: dict[str, list[dict[str, Any]]] = by) -> float | None:
-                return percentile([x for r in runs[name] for x in r["latency_ms"]], q)
-
-            def censored(name: str, runs: dict[str, list[dict[str, Any]]] = by) -> str:
-                return ">=" if any(r["censored"] for r in runs[name]) else ""
-
-            label = f"{n} sub{'s' if n > 1 else ''}"
-            eo, ep = med("ours", "eps"), med("peer", "eps")
-            rows.append((f"fan-out {label}, K={args.k}: delivered events/s", fmt_num(eo), fmt_num(ep),
-                         ratio(eo, ep, True)))
+            o, p = (summarize_runs([r for r in fan["runs"] if r["server"] == name and r["n"] == n])
+                    for name in ("ours", "peer"))
+            rows.append((f"fan-out {subs_label(n)}, K={args.k}: delivered events/s", fmt_num(o["eps"]),
+                         fmt_num(p["eps"]), ratio(o["eps"], p["eps"], True)))
             for q in (50, 99):
-                lo, lp = pooled("ours", q), pooled("peer", q)
-                rows.append((f"  turn-end latency p{q} (ms)", censored("ours") + fmt_ms(lo),
-                             censored("peer") + fmt_ms(lp), ratio(lo, lp, False)))
-            mo = sum(r["missing"] + r["undelivered"] for r in by["ours"])
-            mp = sum(r["missing"] + r["undelivered"] for r in by["peer"])
-            so = sum(r["stalls"] for r in by["ours"])
-            sp = sum(r["stalls"] for r in by["peer"])
-            tot = len(by["ours"]) * n
-            rows.append((f"  events lost / subscribers stalled (of {tot})", f"{mo} / {so}", f"{mp} / {sp}", ""))
-            bo, bp = med("ours", "eps_before_stall"), med("peer", "eps_before_stall")
-            if sp or so:
+                lo, lp = o[f"lat_p{q}_ms"], p[f"lat_p{q}_ms"]
+                rows.append((f"  turn-end latency p{q} (ms)", censored(o) + fmt_ms(lo), censored(p) + fmt_ms(lp),
+                             ratio(lo, lp, False)))
+            rows.append((f"  events lost / subscribers stalled (of {o['subscribers']})",
+                         f"{o['lost']} / {o['stalls']}", f"{p['lost']} / {p['stalls']}", ""))
+            if o["stalls"] or p["stalls"]:
+                bo, bp = o["eps_before_stall"], p["eps_before_stall"]
                 rows.append(("  delivered events/s before the stall", fmt_num(bo), fmt_num(bp), ratio(bo, bp, True)))
         pr = {r["server"]: r for r in fan.get("pause_runs", [])}
         if pr:
@@ -690,6 +796,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
         cpo, cpp = o.get("cli_rss_per_process_kib"), p.get("cli_rss_per_process_kib")
         rows.append(("CLI stand-in RSS per session (MiB, not the server's)",
                      "-" if cpo is None else f"{cpo / 1024:.1f}", "-" if cpp is None else f"{cpp / 1024:.1f}", ""))
+    rows += durable_rows(results.get("durable") or {}, args)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]
@@ -709,6 +816,53 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     return rows
 
 
+def subs_label(n: int) -> str:
+    return f"{n} sub{'s' if n > 1 else ''}"
+
+
+def censored(summary: dict[str, Any]) -> str:
+    return ">=" if summary["censored"] else ""
+
+
+def durable_rows(dur: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Ours with the memory store / with the Postgres store, in the `agent-webkitd` column;
+    the ratio is Postgres against memory (below 1: what durability costs)."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def pair(mem: str, pg: str) -> str:
+        return f"{mem} / {pg}"
+
+    first = "(not run)"
+    for by in dur.get("fanout") or []:
+        n, m, p = by["n"], by["memory"], by["postgres"]
+        rows.append((f"durable: fan-out {subs_label(n)}, K={args.k}, events/s (memory / postgres store)",
+                     pair(fmt_num(m["eps"]), fmt_num(p["eps"])), first, ratio(p["eps"], m["eps"], True)))
+        first = ""
+        for q in (50, 99):
+            lm, lp = m[f"lat_p{q}_ms"], p[f"lat_p{q}_ms"]
+            rows.append((f"  turn-end latency p{q} (ms)", pair(censored(m) + fmt_ms(lm), censored(p) + fmt_ms(lp)),
+                         "", ratio(lp, lm, False)))
+        rows.append(("  events lost", pair(str(m["lost"]), str(p["lost"])), "", ""))
+        rows.append((f"  subscribers stalled (of {m['subscribers']})", pair(str(m["stalls"]), str(p["stalls"])), "", ""))
+    short = dur.get("short") or {}
+    if "added_p50_ms" in short:
+        m, p = short["memory"], short["postgres"]
+        for q in (50, 99):
+            lm, lp = m[f"p{q}_ms"], p[f"p{q}_ms"]
+            label = f"durable: short turns, 1 sub, {len(m['turns'])} each: POST -> result" if q == 50 else " "
+            rows.append((f"{label} p{q} (ms)", pair(fmt_ms(lm), fmt_ms(lp)), first, ratio(lp, lm, False)))
+            first = ""
+        rows.append(("  added by the commit, p50 / p99 (ms)",
+                     f"{short['added_p50_ms']:+.1f} / {short['added_p99_ms']:+.1f}", "", ""))
+    st = dur.get("storage")
+    if st:
+        rows.append((f"durable: awk_events on disk per 1000 events (KiB; {st['events']:,} events,"
+                     f" {st['data_bytes_mean']:.0f} B JSON each)", fmt_num(st["events_kib_per_1000"]), first, ""))
+        rows.append((f"  transcript tables, total (KiB; {st['transcript_entries']:,} entries)",
+                     fmt_num(st["transcript_bytes"] / 1024), "", ""))
+    return rows
+
+
 def render_table(rows: list[tuple[str, str, str, str]]) -> str:
     head = ("figure", "agent-webkitd", "agent-webkit-server 0.2.0", "ratio")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
@@ -720,6 +874,9 @@ def render_table(rows: list[tuple[str, str, str, str]]) -> str:
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]))
     lines.append("ratio: ours/peer for events/s, peer/ours for times and memory; above 1 = ours better."
                  " >=: some subscriber never got its result (counted at the timeout).")
+    if any(r[0].startswith("durable:") for r in rows):
+        lines.append("durable: ours with the memory store / with the Postgres store; ratio postgres/memory for"
+                     " events/s, memory/postgres for times: below 1 = what the commit costs.")
     return "\n".join(lines)
 
 
@@ -774,6 +931,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.idle_events = 50
     args.ring_sessions = 3 if q else 20
     args.scale_sessions = args.scale_sessions or (30 if q else 1000)
+    args.durable_subs = [1, 100]
+    args.short_turns = 10 if q else 30
     args.scale_events = 5
     args.scale_timeout = 180.0
     args.scale_create_parallel = 8
@@ -799,7 +958,7 @@ async def amain(args: argparse.Namespace) -> int:
     log(f"phases: {', '.join(args.phases)}")
     results: dict[str, Any] = {"machine": info, "command": command, "argv": sys.argv, "phases": args.phases,
                                "settings": {k: v for k, v in vars(args).items() if k != "phases"}}
-    if any(p != "scale" for p in args.phases):
+    if any(p not in OURS_ONLY for p in args.phases):
         results["peer_versions"] = ensure_peer_venv(log)
         log(f"peer: {results['peer_versions']}")
 

@@ -244,9 +244,13 @@ class Server:
 class Ours(Server):
     name = "ours"
 
-    def __init__(self, tmp: Path, label: str, *, ring_size: int = 1000, max_sessions: int = 1100) -> None:
+    def __init__(self, tmp: Path, label: str, *, ring_size: int = 1000, max_sessions: int = 1100,
+                 store_dsn: str | None = None) -> None:
+        """`store_dsn`: keep events in that PostgreSQL database (`[store] backend = "postgres"`),
+        else in memory (the default store)."""
         super().__init__(tmp, label)
         self.ring_size = ring_size
+        self.store = "postgres" if store_dsn else "memory"
         default_cwd = self.tmp / "default-cwd"
         default_cwd.mkdir()
         from tests.standin.toml_writer import dump_toml
@@ -267,6 +271,8 @@ class Ours(Server):
             },
             "logging": {"level": "warning"},
         }
+        if store_dsn:
+            config["store"] = {"backend": "postgres", "dsn": store_dsn}
         self.config_path = self.tmp / "daemon.toml"
         self.config_path.write_text(dump_toml(config))
 

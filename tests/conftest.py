@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.pgdb import temporary_database
 from tests.standin.toml_writer import dump_toml
 from tests.wire_client import Api
 
@@ -90,6 +91,7 @@ class Daemon:
         self.log_path = workdir / "daemon.log"
         self.env = {**os.environ, "AGENT_WEBKIT_AUTH_TOKEN": TOKEN, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False
 
     async def start(self) -> None:
         self._log = open(self.log_path, "wb")  # noqa: ASYNC230 - closed in stop()
@@ -129,8 +131,18 @@ class Daemon:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL, as a host that dies: nothing is flushed, nothing is released."""
+        assert self.proc is not None
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
     async def stop(self) -> int:
         assert self.proc is not None
+        if self.killed:
+            self._log.close()
+            return 0
         # SIGTERM starts the drain (sessions may live on); a second SIGTERM a moment
         # later ends it, as an impatient operator would. Drain tests signal on their own.
         for grace_s in (0.1, 20.0):
@@ -170,6 +182,13 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                 break
             await asyncio.sleep(0.05)
         assert daemon.orphans() == [], "CLI processes left behind after shutdown"
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
+    async with temporary_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -46,6 +46,10 @@ def test_an_empty_file_gives_every_default(tmp_path: Path) -> None:
         ("[logging]\nformat = \"xml\"\n", "logging.format"),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ("server = 3\n", "server"),
+        ("[store]\nbackend = \"mysql\"\n", "store.backend"),
+        ("[store]\nlease_s = 0\n", "store.lease_s"),
+        ("[store]\npool_min = 5\npool_max = 2\n", "store.pool_min"),
+        ("[store]\nmax_pending_events = -1\n", "store.max_pending_events"),
     ],
 )
 def test_bad_keys_and_types_are_errors_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -77,6 +81,17 @@ def test_check_config_prints_the_effective_config_with_secrets_redacted(tmp_path
     assert effective["sessions"]["max_sessions"] == 100
     for secret in ("sk-ant-secret", "pw@h", "tok-secret"):
         assert secret not in done.stdout
+
+
+def test_the_postgres_store_needs_a_dsn_and_takes_it_from_database_url(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    path = write(tmp_path, '[store]\nbackend = "postgres"\n')
+    done = subprocess.run([sys.executable, "-m", "agent_webkitd", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                          env={**env, "AGENT_WEBKIT_AUTH_TOKEN": "t"})
+    assert done.returncode == 2 and "DATABASE_URL" in done.stderr
+    done = run_cli("migrate", "--config", str(path), env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"})
+    assert done.returncode == 1 and "migrate" in done.stderr
 
 
 def test_check_config_fails_on_a_bad_file_naming_the_key(tmp_path: Path) -> None:

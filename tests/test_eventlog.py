@@ -89,3 +89,16 @@ async def test_a_burst_shares_wake_ups_and_its_last_event_still_wakes_waiters() 
     # The first append wakes at once; the other 99 ride on one deferred wake-up.
     await asyncio.wait_for(task, 1)
     assert wakes == 2
+
+
+async def test_a_small_ring_wakes_subscribers_before_it_could_overflow_them() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    log.append("e", {})  # wakes at once: nothing was waiting
+    waiter = asyncio.create_task(log.wait())
+    await asyncio.sleep(0)
+    log.append("e", {})  # within the interval: deferred
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    log.append("e", {})  # a quarter of the ring waiting: wake now, not at the interval's end
+    await asyncio.sleep(0)
+    assert waiter.done()

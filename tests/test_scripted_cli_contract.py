@@ -12,6 +12,7 @@ import gc
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,11 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     CLIConnectionError,
     CLIJSONDecodeError,
+    InMemorySessionStore,
     PermissionResultAllow,
     PermissionResultDeny,
     ProcessError,
+    ResultError,
     ResultMessage,
     StreamEvent,
     SystemMessage,
@@ -35,8 +38,12 @@ from claude_agent_sdk import (
     ToolResultBlock,
     ToolUseBlock,
     UserMessage,
+    get_session_messages_from_store,
+    project_key_for_directory,
 )
-from claude_agent_sdk.types import Message, PermissionUpdate
+from claude_agent_sdk.types import Message, PermissionUpdate, SessionKey, SessionStoreEntry
+
+from tests.standin.scripted_cli import option
 
 STAND_IN = Path(__file__).parent / "standin" / "scripted_cli.py"
 # Real SDK<->CLI traffic recorded from claude-agent-sdk 0.2.189 and its bundled CLI 2.1.332
@@ -72,10 +79,11 @@ REJECTED_TEXT = (
 
 @dataclass
 class Recording:
-    """CLI->SDK frames, plus the subtype of each SDK->CLI control request by id."""
+    """CLI->SDK frames, the SDK->CLI frames, and the CLI's exit codes."""
 
     frames: list[Frame] = field(default_factory=list)
     inbound: list[Frame] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
 
     @classmethod
     def read(cls, path: Path, out_dir: str, in_dir: str) -> Recording:
@@ -86,6 +94,8 @@ class Recording:
                 recording.frames.append(json.loads(record["line"]))
             elif record["dir"] == in_dir:
                 recording.inbound.append(json.loads(record["line"]))
+            elif record["dir"] == "exit":  # the stand-in logs `code`, the recordings `line`
+                recording.exit_codes.append(int(record.get("code", record.get("line"))))
         return recording
 
     @classmethod
@@ -284,6 +294,84 @@ def all_real_kinds() -> set[str]:
     return set().union(*(Recording.real(p.name).kinds() for p in REAL_FRAMES.glob("*.jsonl")))
 
 
+# Transcript entry keys the SDK reads (sessions.py rebuilds the conversation from them,
+# session_resume.py and the mirror batcher move them) or a resume needs.
+ENTRY_READ_KEYS = {
+    "type",
+    "uuid",
+    "parentUuid",
+    "sessionId",
+    "isSidechain",
+    "timestamp",
+    "cwd",
+    "message",
+    "message.id",
+    "message.role",
+    "message.content",
+    "lastPrompt",
+    "leafUuid",
+}
+
+
+def mirrored_entries(recording: Recording) -> list[Frame]:
+    return [entry for f in recording.of_kind("transcript_mirror") for entry in f["entries"]]
+
+
+def assert_transcript_matches_the_real_cli(ours: Recording, real_file: str) -> None:
+    """Our transcript_mirror entries are of types the real CLI mirrors, carry every key the
+    real ones always do and the SDK reads, and no key the real CLI never writes; and, as
+    with the real CLI, they are sent at the same points of a turn and hold the conversation."""
+    real = Recording.real(real_file)
+    real_paths: dict[str, list[set[str]]] = {}
+    for entry in mirrored_entries(real):
+        real_paths.setdefault(entry["type"], []).append(key_paths(entry))
+    assert mirrored_entries(ours), "the stand-in mirrored nothing"
+    for entry in mirrored_entries(ours):
+        kind, paths = entry["type"], key_paths(entry)
+        assert kind in real_paths, f"the real CLI never mirrors a {kind} entry"
+        always = set.intersection(*real_paths[kind]) & ENTRY_READ_KEYS
+        assert always <= paths, f"{kind} entry: missing {sorted(always - paths)} in {entry}"
+        ever = set.union(*real_paths[kind])
+        assert paths <= ever, f"{kind} entry: the real CLI never writes {sorted(paths - ever)}"
+    for recording in (real, ours):
+        assert mirror_points(recording) == {("transcript_mirror", "transcript_mirror")}
+        assert_the_conversation_is_mirrored(recording)
+
+
+def mirror_points(recording: Recording) -> set[tuple[str, str | None]]:
+    """For each result, the kind of the frame just before it and of the first frame after
+    it that is not a session state change."""
+    subtypes = recording.request_subtypes()
+    kinds = [frame_kind(f, subtypes) for f in recording.frames]
+    return {
+        (
+            kinds[i - 1],
+            next((k for k in kinds[i + 1 :] if k != "system/session_state_changed"), None),
+        )
+        for i, kind in enumerate(kinds)
+        if kind.startswith("result/")
+    }
+
+
+def assert_the_conversation_is_mirrored(recording: Recording) -> None:
+    """Every user and assistant frame is mirrored as an entry with the same uuid, and the
+    entries chain: each one's parentUuid was mirrored before it."""
+    entries = mirrored_entries(recording)
+    uuids = {entry.get("uuid") for entry in entries}
+    sent = {
+        f["uuid"]
+        for f in recording.frames
+        if f["type"] in ("user", "assistant") and not f.get("isReplay")
+    }
+    assert sent <= uuids, f"not mirrored: {sent - uuids}"
+    seen: set[str] = set()
+    for entry in entries:
+        if entry["type"] in ("user", "assistant"):
+            assert entry["parentUuid"] is None or entry["parentUuid"] in seen, entry
+        if "uuid" in entry:
+            seen.add(entry["uuid"])
+
+
 # --- running the stand-in under the real SDK ------------------------------------------
 
 
@@ -308,13 +396,18 @@ class StandIn:
     def log_path(self) -> Path:
         return self.workdir / "scripted-cli.log"
 
+    @property
+    def config_dir(self) -> Path:
+        """The CLI's CLAUDE_CONFIG_DIR: never the developer's ~/.claude."""
+        return self.workdir / "config"
+
     def options(
         self,
         scenario: Frame | None = None,
         can_use_tool: PermissionCallback | None = None,
         **kwargs: Any,
     ) -> ClaudeAgentOptions:
-        env = {"SCRIPTED_CLI_LOG": str(self.log_path)}
+        env = {"SCRIPTED_CLI_LOG": str(self.log_path), "CLAUDE_CONFIG_DIR": str(self.config_dir)}
         if scenario is not None:
             path = self.workdir / "scenario.json"
             path.write_text(json.dumps(scenario), encoding="utf-8")
@@ -332,10 +425,40 @@ class StandIn:
     def recording(self) -> Recording:
         return Recording.read(self.log_path, out_dir="out", in_dir="in")
 
+    def logged(self, direction: str) -> list[Frame]:
+        records = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        return [r for r in records if r["dir"] == direction]
+
+    def model_inputs(self) -> list[list[Frame]]:
+        """Per turn, the conversation the stand-in's model was given."""
+        return [record["messages"] for record in self.logged("model")]
+
 
 @pytest.fixture
 def stand_in(tmp_path: Path) -> StandIn:
     return StandIn(workdir=tmp_path)
+
+
+class MirroredStore(InMemorySessionStore):
+    """The SDK's in-memory store, telling when a turn is wholly mirrored: the CLI sends a
+    turn's last transcript_mirror frame (cost-state) after the result, so it can still be
+    on its way when the caller has the result in hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns_mirrored = 0
+        self._appended = asyncio.Event()
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        await super().append(key, entries)
+        self.turns_mirrored += sum(1 for entry in entries if entry.get("type") == "cost-state")
+        self._appended.set()
+
+    async def wait_for_turns(self, count: int) -> None:
+        async with asyncio.timeout(TIMEOUT_S):
+            while self.turns_mirrored < count:
+                self._appended.clear()
+                await self._appended.wait()
 
 
 async def reply_to(client: ClaudeSDKClient, prompt: str) -> list[Message]:
@@ -740,6 +863,185 @@ async def test_accept_edits_mode_skips_the_permission_prompt_for_edit_tools(
     messages = await reply_to(client, "write it again")
     assert asked == ["Write"]  # only the first turn asked
     assert [b.is_error for b in blocks_of(messages, ToolResultBlock)] == [None]
+
+
+# --- the transcript: session store, resume --------------------------------------------
+
+
+async def test_stand_in_transcript_mirror_frames_match_the_real_cli(
+    stand_in: StandIn, connected: Connect
+) -> None:
+    async def allow(
+        tool: str, input: dict[str, Any], ctx: ToolPermissionContext
+    ) -> PermissionResultAllow:
+        return PermissionResultAllow()
+
+    store = MirroredStore()
+    scenario = {
+        "turns": [
+            {
+                "steps": [
+                    {"message": [{"text": "I'll write the file now."}, WRITE]},
+                    {"text": "Done."},
+                ]
+            }
+        ]
+    }
+    client = await connected(
+        stand_in.options(scenario, allow, session_store=store, session_store_flush="eager")
+    )
+    session_id = result_of(await reply_to(client, "please write hello")).session_id
+    await store.wait_for_turns(1)
+
+    recording = stand_in.recording()
+    key: SessionKey = {
+        "project_key": project_key_for_directory(stand_in.workdir),
+        "session_id": session_id,
+    }
+    transcript = stand_in.config_dir / "projects" / key["project_key"] / f"{session_id}.jsonl"
+    assert {f["filePath"] for f in recording.of_kind("transcript_mirror")} == {str(transcript)}
+    entries = mirrored_entries(recording)
+    on_disk = [json.loads(line) for line in transcript.read_text().splitlines()]
+    assert await store.load(key) == on_disk == entries
+    assert [e["type"] for e in entries] == [
+        "user",
+        "assistant",
+        "assistant",
+        "user",
+        "assistant",
+        "last-prompt",
+        "cost-state",
+    ]
+    assert entries[-2]["leafUuid"] == entries[-3]["uuid"]
+    history = await get_session_messages_from_store(
+        store, session_id, directory=str(stand_in.workdir)
+    )
+    assert [(m.type, m.message["content"][0]["type"]) for m in history[1:]] == [
+        ("assistant", "text"),
+        ("assistant", "tool_use"),
+        ("user", "tool_result"),
+        ("assistant", "text"),
+    ]
+    assert history[0].message == {"role": "user", "content": "please write hello"}
+
+    assert_frames_match_the_real_cli(
+        recording,
+        "04-interrupt-while-permission-pending-and-store-resume.jsonl",
+        {"transcript_mirror"},
+    )
+    assert_transcript_matches_the_real_cli(
+        recording, "04-interrupt-while-permission-pending-and-store-resume.jsonl"
+    )
+
+
+async def test_without_a_config_dir_the_transcript_is_mirrored_but_never_saved(
+    stand_in: StandIn, connected: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = stand_in.workdir / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    store = MirroredStore()
+    options = stand_in.options(session_store=store, session_store_flush="eager")
+    del options.env["CLAUDE_CONFIG_DIR"]
+    client = await connected(options)
+    session_id = result_of(await reply_to(client, "hi")).session_id
+    await store.wait_for_turns(1)
+
+    key: SessionKey = {
+        "project_key": project_key_for_directory(stand_in.workdir),
+        "session_id": session_id,
+    }
+    assert await store.load(key) == mirrored_entries(stand_in.recording())
+    assert not list(home.iterdir())
+
+
+async def test_a_session_resumed_from_the_store_shows_the_model_the_earlier_turns(
+    stand_in: StandIn, connected: Connect
+) -> None:
+    store = MirroredStore()
+    first = await connected(stand_in.options(session_store=store, session_store_flush="eager"))
+    session_id = result_of(await reply_to(first, "my name is Ada")).session_id
+    await store.wait_for_turns(1)
+    await first.disconnect()
+
+    second = await connected(
+        stand_in.options(session_store=store, session_store_flush="eager", resume=session_id)
+    )
+    messages = await reply_to(second, "what is my name?")
+    await store.wait_for_turns(2)
+
+    [init] = [m for m in of_type(messages, SystemMessage) if m.subtype == "init"]
+    assert init.data["session_id"] == result_of(messages).session_id == session_id
+    assert stand_in.model_inputs() == [
+        [{"role": "user", "text": "my name is Ada"}],
+        [
+            {"role": "user", "text": "my name is Ada"},
+            {"role": "assistant", "text": "echo: my name is Ada"},
+            {"role": "user", "text": "what is my name?"},
+        ],
+    ]
+    # The SDK loaded the store into a temporary CLAUDE_CONFIG_DIR for the second CLI,
+    # which mirrored its turn back under the same session.
+    _, resumed_argv = (record["argv"] for record in stand_in.logged("argv"))
+    assert f"--resume={session_id}" in resumed_argv and "--session-mirror" in resumed_argv
+    files = {f["filePath"] for f in stand_in.recording().of_kind("transcript_mirror")}
+    assert len(files) == 2 and {Path(f).name for f in files} == {f"{session_id}.jsonl"}
+    history = await get_session_messages_from_store(
+        store, session_id, directory=str(stand_in.workdir)
+    )
+    assert [m.message["content"] for m in history] == [
+        "my name is Ada",
+        [{"type": "text", "text": "echo: my name is Ada"}],
+        "what is my name?",
+        [{"type": "text", "text": "echo: what is my name?"}],
+    ]
+    assert_transcript_matches_the_real_cli(
+        stand_in.recording(), "04-interrupt-while-permission-pending-and-store-resume.jsonl"
+    )
+
+
+async def test_resuming_an_unknown_session_fails_to_connect_like_the_real_cli(
+    stand_in: StandIn,
+) -> None:
+    # The store has no such session, so the SDK hands the id to the CLI as it is.
+    unknown = str(uuid.uuid4())
+    client = ClaudeSDKClient(stand_in.options(session_store=InMemorySessionStore(), resume=unknown))
+    with pytest.raises(ResultError) as raised:  # raised by connect(), from `initialize`
+        async with asyncio.timeout(TIMEOUT_S):
+            await client.connect()
+
+    error = raised.value
+    assert str(error) == (
+        f"Claude Code returned an error result: No conversation found with session ID: {unknown}"
+        " (exit code: 1)"
+    )
+    assert (error.exit_code, error.subtype, error.session_id, error.errors) == (
+        1,
+        "error_during_execution",
+        unknown,
+        [f"No conversation found with session ID: {unknown}"],
+    )
+    recording, real = stand_in.recording(), Recording.real("05-bad-resume-id.jsonl")
+    # No control_response to initialize: only the error result, then exit 1.
+    assert recording.kinds() == real.kinds() == {"result/error_during_execution"}
+    assert recording.exit_codes == real.exit_codes == [1]
+    assert_frames_match_the_real_cli(
+        recording, "05-bad-resume-id.jsonl", {"result/error_during_execution"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "value"),
+    [
+        (["--resume=abc", "--session-mirror"], "--resume", "abc"),  # as the SDK writes it
+        (["--resume", "abc", "--session-mirror"], "--resume", "abc"),
+        (["--resume", "--session-mirror"], "--resume", None),  # the value is optional
+        (["--setting-sources=", "--input-format", "stream-json"], "--setting-sources", ""),
+    ],
+)
+def test_options_are_read_in_both_argv_forms(argv: list[str], name: str, value: str | None) -> None:
+    assert option(argv, name) == value
 
 
 # --- the CLI process itself -----------------------------------------------------------

@@ -40,7 +40,24 @@ the deny message; deny with interrupt, or an `interrupt` control request, ends t
 with result error_during_execution (terminal_reason aborted_tools when a tool was
 waiting for permission, else aborted_streaming).
 
-$SCRIPTED_CLI_LOG (optional) collects JSON lines: {"dir": "argv"|"in"|"out"|"exit", ...}.
+Transcript: the conversation is kept as the real CLI's JSONL transcript entries (user and
+assistant entries chained by parentUuid, plus last-prompt and cost-state), saved to
+$CLAUDE_CONFIG_DIR/projects/<cwd-key>/<session id>.jsonl, <cwd-key> being the SDK's
+project_key_for_directory(cwd). Unlike the real CLI the stand-in never touches ~/.claude:
+without CLAUDE_CONFIG_DIR nothing is saved, and mirror frames name the file the real CLI
+would write there.
+    --session-mirror   (the SDK's session_store) also sends the new entries as
+                       {"type": "transcript_mirror", "filePath", "entries"} frames: after each
+                       assistant message, before the result, and after it (cost-state)
+    --resume[=]<id>    continue the session in $CLAUDE_CONFIG_DIR/projects/*/<id>.jsonl:
+                       same session_id, its user and assistant turns are the model's history;
+                       with no such file the CLI answers `initialize` with an error result
+                       ("No conversation found with session ID: <id>") and exits 1
+
+$SCRIPTED_CLI_LOG (optional) collects JSON lines: {"dir": "argv"|"in"|"out"|"exit", ...},
+and for every turn {"dir": "model", "messages": [{"role": "user"|"assistant", "text"}, ...]}:
+the conversation the model is given for that turn (earlier turns, resumed ones included,
+then the new prompt; text only, tool calls and results left out).
 On stdin EOF the CLI finishes the turn in hand (cutting sleeps short) and exits, like the
 real one with 1 if the last result was an error, else 0.
 """
@@ -54,12 +71,13 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 Frame = dict[str, Any]
 
@@ -99,6 +117,10 @@ STEP_KINDS = (
     "echo",
 )
 BLOCK_KINDS = ("tool_use", "ask", "text")
+# Longer project keys are cut and get a hash suffix (the SDK's MAX_SANITIZED_LENGTH).
+MAX_PROJECT_KEY = 200
+
+BURST_MIRROR_EVERY = 100
 
 
 class ScenarioError(Exception):
@@ -157,6 +179,7 @@ class OpenMessage:
     """The assistant message being streamed, so an interrupt can close it like the CLI."""
 
     id: str
+    stop_reason: str  # "tool_use" or "end_turn", for the transcript
     block_index: int | None = None  # the text block being streamed, if any
     partial_text: str = ""
 
@@ -224,9 +247,10 @@ def step_kind(step: Any, kinds: tuple[str, ...], where: str) -> str:
 
 
 def option(argv: list[str], name: str) -> str | None:
-    """The value of `--name value` or `--name=value`, as the SDK writes them."""
+    """The value of `--name value` or `--name=value`, as the SDK writes them (a following
+    `--flag` is not a value: `--resume` takes its value optionally)."""
     for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
+        if arg == name and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             return argv[i + 1]
         if arg.startswith(name + "="):
             return arg[len(name) + 1 :]
@@ -266,6 +290,125 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
+# --- the transcript ------------------------------------------------------------------
+
+
+def project_key(directory: str) -> str:
+    """The projects/ folder of a directory: claude_agent_sdk.project_key_for_directory."""
+    path = unicodedata.normalize("NFC", os.path.realpath(directory))
+    key = re.sub(r"[^a-zA-Z0-9]", "-", path)
+    if len(key) <= MAX_PROJECT_KEY:
+        return key
+    return f"{key[:MAX_PROJECT_KEY]}-{simple_hash(path)}"
+
+
+def simple_hash(text: str) -> str:
+    """The JS 32-bit string hash in base 36 that suffixes long project keys."""
+    h = 0
+    for char in text:
+        h = ((h << 5) - h + ord(char)) & 0xFFFFFFFF
+    if h >= 0x80000000:
+        h -= 0x100000000
+    h, digits = abs(h), ""
+    while True:
+        h, digit = divmod(h, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if h == 0:
+            return digits
+
+
+def find_transcript(config_dir: str | None, session_id: str) -> Path | None:
+    """The saved transcript of a session, in any project, as `--resume` looks for it."""
+    if not config_dir or Path(session_id).name != session_id:
+        return None
+    return next(Path(config_dir, "projects").glob(f"*/{session_id}.jsonl"), None)
+
+
+class Transcript:
+    """The session's conversation as the CLI keeps it: JSONL entries, user and assistant
+    ones chained by parentUuid, saved to `path` (if `save`) and queued for
+    `transcript_mirror` frames (if `mirror`)."""
+
+    def __init__(self, session_id: str, path: Path, save: bool, mirror: bool) -> None:
+        self.session_id = session_id
+        self.path = path
+        self.save = save
+        self.mirror = mirror
+        self.entries: list[Frame] = []
+        self.pending: list[Frame] = []  # added since the last transcript_mirror frame
+        self.leaf: str | None = None  # the last user or assistant entry
+        self._file: TextIO | None = None
+        if save and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    self._keep(json.loads(line))
+
+    def add_message(self, role: str, message: Frame, **fields: Any) -> None:
+        """Add a user or assistant entry after the current leaf."""
+        entry: Frame = {
+            "parentUuid": self.leaf,
+            "isSidechain": False,
+            "type": role,
+            "message": message,
+            "uuid": str(uuid.uuid4()),
+            "timestamp": now_iso(),
+            **fields,
+            "userType": "external",
+            "entrypoint": os.environ.get("CLAUDE_CODE_ENTRYPOINT", "cli"),
+            "cwd": os.getcwd(),
+            "sessionId": self.session_id,
+            "version": VERSION,
+        }
+        self.add(entry)
+
+    def add_meta(self, kind: str, **fields: Any) -> None:
+        """Add a bookkeeping entry (last-prompt, cost-state): no uuid, not in the chain."""
+        self.add({"type": kind, **fields, "sessionId": self.session_id})
+
+    def add(self, entry: Frame) -> None:
+        self._keep(entry)
+        if self.save:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._file.flush()  # the CLI leaves with os._exit
+        if self.mirror:
+            self.pending.append(entry)
+
+    def _keep(self, entry: Frame) -> None:
+        self.entries.append(entry)
+        if entry.get("type") in ("user", "assistant") and not entry.get("isSidechain"):
+            self.leaf = entry.get("uuid")
+
+    def take_pending(self) -> list[Frame]:
+        pending, self.pending = self.pending, []
+        return pending
+
+    def history(self) -> list[Frame]:
+        """What the model is shown: the chain from the root to the leaf, as role and text
+        (assistant blocks of one message joined; tool calls and results left out)."""
+        by_uuid = {e["uuid"]: e for e in self.entries if isinstance(e.get("uuid"), str)}
+        chain: list[Frame] = []
+        entry = by_uuid.get(self.leaf or "")
+        while entry is not None and len(chain) <= len(by_uuid):  # a loop cannot hang it
+            chain.append(entry)
+            entry = by_uuid.get(entry.get("parentUuid") or "")
+        messages: list[Frame] = []
+        last_id = None  # the API message id of messages[-1], if an assistant's
+        for entry in reversed(chain):
+            message = entry.get("message") or {}
+            text = user_text(message.get("content"))
+            if entry.get("type") not in ("user", "assistant") or not text:
+                continue
+            if message.get("id") is not None and message.get("id") == last_id:
+                messages[-1]["text"] += " " + text
+            else:
+                messages.append({"role": entry["type"], "text": text})
+                last_id = message.get("id")
+        return messages
+
+
 class ScriptedCli:
     def __init__(self, argv: list[str], scenario: Scenario, log: Log) -> None:
         self.argv = argv
@@ -273,8 +416,19 @@ class ScriptedCli:
         self.log = log
         self.partial = "--include-partial-messages" in argv
         self.can_prompt = option(argv, "--permission-prompt-tool") is not None
-        self.session_id = (
-            option(argv, "--resume") or option(argv, "--session-id") or str(uuid.uuid4())
+        config_dir = os.environ.get("CLAUDE_CONFIG_DIR")
+        resume = option(argv, "--resume")
+        self.session_id = resume or option(argv, "--session-id") or str(uuid.uuid4())
+        resumed = find_transcript(config_dir, resume) if resume else None
+        self.refused_resume = resume is not None and resumed is None
+        path = resumed or Path(
+            config_dir or Path.home() / ".claude",
+            "projects",
+            project_key(os.getcwd()),
+            f"{self.session_id}.jsonl",
+        )
+        self.transcript = Transcript(
+            self.session_id, path, save=bool(config_dir), mirror="--session-mirror" in argv
         )
         self.model = option(argv, "--model") or DEFAULT_MODEL
         self.permission_mode = option(argv, "--permission-mode") or "default"
@@ -348,6 +502,8 @@ class ScriptedCli:
     def handle_control_request(self, request_id: str, request: Frame) -> None:
         subtype = request.get("subtype")
         if subtype == "initialize":
+            if self.refused_resume:
+                self.refuse_resume()
             self.respond(request_id, self.initialize_response())
         elif subtype == "interrupt":
             if self.turn is not None:
@@ -413,7 +569,16 @@ class ScriptedCli:
     def run_turn(self, user: Frame) -> None:
         steps = self.scenario.steps(self.turns_started)
         self.turns_started += 1
-        turn = self.turn = Turn(prompt=user_text((user.get("message") or {}).get("content")))
+        content = (user.get("message") or {}).get("content")
+        turn = self.turn = Turn(prompt=user_text(content))
+        self.transcript.add_message(
+            "user",
+            {"role": "user", "content": content},
+            promptId=str(uuid.uuid4()),
+            permissionMode=self.permission_mode,
+            promptSource="sdk",
+        )
+        self.log.write("model", messages=self.transcript.history())
         self.session_state("running")
         self.send(self.init_frame())
         try:
@@ -459,7 +624,8 @@ class ScriptedCli:
 
     def run_message(self, blocks: list[Frame]) -> None:
         turn = self.current_turn()
-        message = turn.open = OpenMessage(id=new_id("msg_"))
+        has_tools = any("tool_use" in block or "ask" in block for block in blocks)
+        message = turn.open = OpenMessage(new_id("msg_"), "tool_use" if has_tools else "end_turn")
         turn.messages += 1
         if self.partial:
             self.system("status", status="requesting")
@@ -487,8 +653,9 @@ class ScriptedCli:
             else:
                 self.text_block(message, index, str(block["text"]), float(block.get("delay", 0)))
         if self.partial:
-            self.end_stream(message.id, "tool_use" if tools else "end_turn")
+            self.end_stream(message.id, message.stop_reason)
         turn.open = None
+        self.mirror()
         for tool in tools:
             self.run_tool(tool)
 
@@ -512,7 +679,7 @@ class ScriptedCli:
                         "delta": {"type": "text_delta", "text": word},
                     },
                 )
-        self.assistant(message.id, {"type": "text", "text": text})
+        self.assistant(message.id, {"type": "text", "text": text}, message.stop_reason)
         message.block_index = None
         if self.partial:
             self.stream(message.id, {"type": "content_block_stop", "index": index})
@@ -551,7 +718,7 @@ class ScriptedCli:
                     "delta": {"type": "input_json_delta", "partial_json": json.dumps(tool.input)},
                 },
             )
-        self.assistant(message.id, tool_use)
+        self.assistant(message.id, tool_use, message.stop_reason)
         if self.partial:
             self.stream(message.id, {"type": "content_block_stop", "index": index})
         return tool
@@ -592,25 +759,16 @@ class ScriptedCli:
         if decision.get("interrupt"):
             raise Interrupted(tool=tool)
         message = str(decision.get("message", ""))
-        self.send(
-            self.user_frame(
-                [
-                    {
-                        "type": "tool_result",
-                        "content": message,
-                        "is_error": True,
-                        "tool_use_id": tool.id,
-                    }
-                ],
-                tool_use_result=f"Error: {message}",
-                tool_result_meta=[
-                    {
-                        "id": tool.id,
-                        "non_execution_kind": "permission-rule",
-                        "permission_decision": {"decision": "reject", "source": "user_reject"},
-                    }
-                ],
-            )
+        self.user(
+            [{"type": "tool_result", "content": message, "is_error": True, "tool_use_id": tool.id}],
+            tool_use_result=f"Error: {message}",
+            tool_result_meta=[
+                {
+                    "id": tool.id,
+                    "non_execution_kind": "permission-rule",
+                    "permission_decision": {"decision": "reject", "source": "user_reject"},
+                }
+            ],
         )
 
     def tool_output(self, tool: ToolCall, updated_input: Frame) -> tuple[str, Any]:
@@ -622,12 +780,10 @@ class ScriptedCli:
 
     def tool_result(self, tool: ToolCall, output: tuple[str, Any], decision: Frame) -> None:
         text, structured = output
-        self.send(
-            self.user_frame(
-                [{"tool_use_id": tool.id, "type": "tool_result", "content": text}],
-                tool_use_result=structured,
-                tool_result_meta=[{"id": tool.id, "permission_decision": decision}],
-            )
+        self.user(
+            [{"tool_use_id": tool.id, "type": "tool_result", "content": text}],
+            tool_use_result=structured,
+            tool_result_meta=[{"id": tool.id, "permission_decision": decision}],
         )
 
     def ask_permission(self, tool: ToolCall) -> Frame:
@@ -664,10 +820,12 @@ class ScriptedCli:
 
     def burst(self, count: int, text: str) -> None:
         turn = self.current_turn()
-        for _ in range(count):
+        for i in range(count):
             self.poll()
             turn.messages += 1
             self.assistant(new_id("msg_"), {"type": "text", "text": text})
+            if (i + 1) % BURST_MIRROR_EVERY == 0:
+                self.mirror()  # the real CLI mirrors in batches; one huge line would pass 1 MiB
         turn.last_text = text
 
     def abort(self, turn: Turn, stop: Interrupted) -> None:
@@ -681,35 +839,30 @@ class ScriptedCli:
                 self.session_state("running")
         tool = stop.tool or (pending.tool if pending else None)
         if tool is not None:
-            self.send(
-                self.user_frame(
-                    [
-                        {
-                            "type": "tool_result",
-                            "content": REJECTED_TEXT,
-                            "is_error": True,
-                            "tool_use_id": tool.id,
-                        }
-                    ],
-                    tool_use_result="User rejected tool use",
-                    tool_result_meta=[{"id": tool.id, "non_execution_kind": "user-rejected"}],
-                )
+            self.user(
+                [
+                    {
+                        "type": "tool_result",
+                        "content": REJECTED_TEXT,
+                        "is_error": True,
+                        "tool_use_id": tool.id,
+                    }
+                ],
+                tool_use_result="User rejected tool use",
+                tool_result_meta=[{"id": tool.id, "non_execution_kind": "user-rejected"}],
             )
             if not any(d["tool_use_id"] == tool.id for d in turn.denials):
                 turn.denials.append(
                     {"tool_name": tool.name, "tool_use_id": tool.id, "tool_input": tool.input}
                 )
-            self.send(
-                self.user_frame(
-                    [{"type": "text", "text": "[Request interrupted by user for tool use]"}]
-                )
-            )
+            self.user([{"type": "text", "text": "[Request interrupted by user for tool use]"}])
             self.finish(turn, "error_during_execution", "aborted_tools", stop_reason="tool_use")
             return
         message = turn.open
         if message is not None and message.block_index is not None and message.partial_text:
-            self.assistant(message.id, {"type": "text", "text": message.partial_text}, aborted=True)
-        self.send(self.user_frame([{"type": "text", "text": "[Request interrupted by user]"}]))
+            text = {"type": "text", "text": message.partial_text}
+            self.assistant(message.id, text, stop_reason=None, aborted=True)
+        self.user([{"type": "text", "text": "[Request interrupted by user]"}])
         if message is not None and self.partial:
             if message.block_index is not None:
                 self.stream(
@@ -725,6 +878,11 @@ class ScriptedCli:
         terminal_reason: str = "completed",
         stop_reason: str | None = "end_turn",
     ) -> None:
+        self.mirror()  # the turn's messages, then where the conversation stands
+        self.transcript.add_meta(
+            "last-prompt", lastPrompt=turn.prompt, leafUuid=self.transcript.leaf
+        )
+        self.mirror()
         self.results_sent += 1
         is_error = subtype != "success"
         duration_ms = int((time.monotonic() - turn.started) * 1000)
@@ -771,6 +929,43 @@ class ScriptedCli:
         self.send(frame)
         self.last_result_is_error = is_error
         self.session_state("idle")
+        self.transcript.add_meta(
+            "cost-state",
+            totalCostUSD=frame["total_cost_usd"],
+            totalAPIDuration=duration_ms,
+            totalDuration=duration_ms,
+        )
+        self.mirror()
+
+    def refuse_resume(self) -> NoReturn:
+        """`--resume` with an id no transcript has: the real CLI's answer to `initialize`
+        is this result (no control_response), then exit 1 (frames 05)."""
+        self.send(
+            {
+                "type": "result",
+                "subtype": "error_during_execution",
+                "duration_ms": 0,
+                "duration_api_ms": 0,
+                "is_error": True,
+                "num_turns": 0,
+                "stop_reason": None,
+                "session_id": self.session_id,
+                "total_cost_usd": 0,
+                "usage": {
+                    "input_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 0,
+                    "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+                    "service_tier": "standard",
+                },
+                "modelUsage": {},
+                "permission_denials": [],
+                "uuid": str(uuid.uuid4()),
+                "errors": [f"No conversation found with session ID: {self.session_id}"],
+            }
+        )
+        self.exit(1)
 
     def current_turn(self) -> Turn:
         assert self.turn is not None, "only called during a turn"
@@ -827,28 +1022,61 @@ class ScriptedCli:
             "uuid": str(uuid.uuid4()),
         }
 
-    def assistant(self, message_id: str, block: Frame, **extra: Any) -> None:
-        self.send(
-            {
-                "type": "assistant",
-                "message": {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [block],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": USAGE,
-                    "context_management": None,
-                },
-                "parent_tool_use_id": None,
-                "session_id": self.session_id,
-                "uuid": str(uuid.uuid4()),
-                "timestamp": now_iso(),
-                **extra,
-            }
+    def assistant(
+        self, message_id: str, block: Frame, stop_reason: str | None = "end_turn", **extra: Any
+    ) -> None:
+        """Send one content block of a message and keep it in the transcript, where it
+        carries the message's final `stop_reason` (the frame's is null)."""
+        message: Frame = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [block],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": USAGE,
+        }
+        frame = {
+            "type": "assistant",
+            "message": {**message, "context_management": None},
+            "parent_tool_use_id": None,
+            "session_id": self.session_id,
+            "uuid": str(uuid.uuid4()),
+            "timestamp": now_iso(),
+            **extra,
+        }
+        self.send(frame)
+        self.transcript.add_message(
+            "assistant",
+            {**message, "stop_reason": stop_reason},
+            uuid=frame["uuid"],
+            timestamp=frame["timestamp"],
         )
+
+    def user(self, content: list[Frame], **extra: Any) -> None:
+        """Send a user frame of the conversation (a tool result, an interrupt note) and
+        keep it in the transcript."""
+        frame = self.user_frame(content, **extra)
+        self.send(frame)
+        structured = (
+            {"toolUseResult": extra["tool_use_result"]} if "tool_use_result" in extra else {}
+        )
+        self.transcript.add_message(
+            "user", frame["message"], uuid=frame["uuid"], timestamp=frame["timestamp"], **structured
+        )
+
+    def mirror(self) -> None:
+        """With --session-mirror, send the transcript entries added since the last frame."""
+        entries = self.transcript.take_pending()
+        if entries:
+            self.send(
+                {
+                    "type": "transcript_mirror",
+                    "filePath": str(self.transcript.path),
+                    "entries": entries,
+                }
+            )
 
     def user_frame(self, content: str | list[Frame], **extra: Any) -> Frame:
         return {

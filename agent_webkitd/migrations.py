@@ -1,0 +1,84 @@
+"""The Postgres schema, as numbered migrations applied once each, in order.
+
+`migrate()` runs at start-up and from `agent-webkitd migrate`. It holds a transaction-level
+advisory lock, so two daemons starting at once apply each migration exactly once; a
+database migrated by a newer daemon is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .transcripts import TRANSCRIPT_SCHEMA
+
+LOCK_ID = 0x61776B64  # "awkd": serializes migrations across hosts
+
+SESSIONS_AND_EVENTS = """
+CREATE TABLE awk_nodes (
+    id text PRIMARY KEY,                  -- one per daemon process (host:port:random)
+    url text NOT NULL,                    -- where it listens (store.advertise_url, else host:port)
+    started_at timestamptz NOT NULL DEFAULT now(),
+    lease_until timestamptz NOT NULL      -- renewed by the heartbeat; past = the host is gone
+);
+
+CREATE TABLE awk_sessions (
+    id text PRIMARY KEY,
+    spec jsonb NOT NULL,                  -- what the client created it with
+    sdk_session_id text,                  -- the Claude session a resume continues
+    owner text,                           -- awk_nodes.id; NULL when closed or released
+    state text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed')),
+    close_reason text,
+    last_seq bigint NOT NULL DEFAULT 0,   -- the newest committed event
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    closed_at timestamptz
+);
+CREATE INDEX awk_sessions_owner ON awk_sessions (owner) WHERE state = 'open';
+CREATE INDEX awk_sessions_closed_at ON awk_sessions (closed_at) WHERE state = 'closed';
+
+CREATE TABLE awk_events (
+    session_id text NOT NULL REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    name text NOT NULL,
+    data json NOT NULL,                   -- json, not jsonb: the exact text clients received
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, seq)         -- a seq can never be stored twice
+);
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "sessions, events, nodes", SESSIONS_AND_EVENTS),
+    (2, "SDK session transcripts", TRANSCRIPT_SCHEMA),
+]
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+async def migrate(conn: Any) -> list[int]:
+    """Bring the schema up to date on an asyncpg connection; returns what was applied."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS awk_schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM awk_schema_migrations")}
+        newest = MIGRATIONS[-1][0]
+        if done and max(done) > newest:
+            raise SchemaTooNew(
+                f"the database schema is at version {max(done)}, newer than this daemon's"
+                f" {newest}: upgrade agent-webkitd"
+            )
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO awk_schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(version)
+    return applied

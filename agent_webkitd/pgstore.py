@@ -1,0 +1,427 @@
+"""The Postgres store: a durable event log, session ownership with leases, and failover.
+
+The invariant: a seq is never reused. An event is published to subscribers only after
+the transaction that stores it has committed, and that transaction also checks that this
+host still owns the session (`owner = node_id`). So a client can only ever have seen
+committed events; a host that died took nothing visible with it; and a host that lost a
+session (its lease ran out and another host claimed it) can no longer commit, so it can
+never publish a seq the new owner will assign.
+
+Commits are grouped: one writer task takes everything appended since its last commit,
+for every session, and stores it in one transaction. Under load a commit carries many
+events; when idle it carries one, at the cost of one round trip to the database.
+
+Ownership: each daemon process is a node with a lease (`awk_nodes.lease_until`) renewed
+by a heartbeat every lease_s/3. A session whose owner's lease has expired may be claimed
+by any host with one atomic UPDATE, so of two hosts racing exactly one wins. A host asked
+for a session whose owner's port refuses connections (a crashed process) does not wait
+for the lease: that is proof enough, and the commit-time owner check keeps even a wrong
+guess safe.
+
+While the database is unreachable, events wait in memory (up to max_pending_events,
+then the CLIs are paused by backpressure) and are retried; nothing is published and
+nothing is dropped. /readyz fails, new sessions get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import structlog
+
+from .config import StoreConfig
+from .eventlog import stored_frame
+from .migrations import migrate
+from .store import ClaimedSession, SessionOwnedElsewhere
+from .transcripts import PostgresSessionStore
+
+if TYPE_CHECKING:
+    from .eventlog import EventLog
+
+log = structlog.get_logger(__name__)
+
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+STOP_FLUSH_S = 5.0
+CHECK_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass
+class _Pending:
+    log: EventLog
+    seq: int
+    name: str
+    text: str
+
+
+class PostgresStore:
+    durable = True
+
+    def __init__(self, config: StoreConfig, dsn: str, host: str, port: int) -> None:
+        self.config = config
+        self._dsn = dsn
+        self.node_id = f"{socket.gethostname()}:{port}:{uuid.uuid4().hex[:8]}"
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        self.url = config.advertise_url or f"http://{host}:{port}"
+        self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        self._pool: Any = None
+        self._pending: list[_Pending] = []
+        self._sdk_ids: dict[str, str] = {}  # Claude session ids not yet stored
+        self._closes: dict[str, str | None] = {}  # session id -> close reason (None: release)
+        self._work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()  # nothing waiting to be committed
+        self._idle.set()
+        self.healthy = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self.config.pool_min,
+            max_size=self.config.pool_max,
+            # Each host has its own pool and statements are few; keep server memory flat.
+            max_inactive_connection_lifetime=300,
+        )
+        async with self._pool.acquire() as conn:
+            applied = await migrate(conn)
+            if applied:
+                log.info("schema_migrated", versions=applied)
+            await conn.execute(
+                "INSERT INTO awk_nodes (id, url, lease_until)"
+                " VALUES ($1, $2, now() + make_interval(secs => $3))",
+                self.node_id,
+                self.url,
+                self.config.lease_s,
+            )
+        log.info("store_started", backend="postgres", node_id=self.node_id)
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="pg-writer"),
+            asyncio.create_task(self._heartbeat(), name="pg-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Commit what is pending (bounded), give up the lease, close the pool."""
+        try:
+            async with asyncio.timeout(STOP_FLUSH_S):
+                await self._idle.wait()
+        except TimeoutError:
+            log.error("store_stop_unflushed", pending_events=len(self._pending))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is None:
+            return
+        try:
+            async with asyncio.timeout(STOP_FLUSH_S):
+                # Leaving for good: let other hosts claim at once instead of after the lease.
+                await self._pool.execute("DELETE FROM awk_nodes WHERE id = $1", self.node_id)
+                await self._pool.close()
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("store_stop_failed", error=str(exc))
+            self._pool.terminate()
+
+    async def check(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("events are waiting for the database")
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await self._pool.fetchval("SELECT 1")
+
+    def sdk_session_store(self) -> PostgresSessionStore:
+        return PostgresSessionStore(self._pool)
+
+    # -- the event log ------------------------------------------------------------------
+
+    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
+        self._pending.append(_Pending(log, seq, name, text))
+        self._wake_writer()
+        if len(self._pending) >= self.config.max_pending_events:
+            self._room.clear()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
+        self._sdk_ids[session_id] = sdk_session_id
+        self._wake_writer()
+
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
+        await self._pool.execute(
+            "INSERT INTO awk_sessions (id, spec, owner) VALUES ($1, $2::jsonb, $3)",
+            session_id,
+            json.dumps(spec),
+            self.node_id,
+        )
+
+    async def session_closed(self, session_id: str, reason: str) -> None:
+        """Closed for good once its last events are committed (same transaction)."""
+        self._closes[session_id] = reason
+        self._wake_writer()
+
+    async def release(self, session_id: str) -> None:
+        self._closes[session_id] = None
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        self._idle.clear()
+        self._work.set()
+
+    async def _writer(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            batch, self._pending = self._pending, []
+            sdk_ids, self._sdk_ids = self._sdk_ids, {}
+            closes, self._closes = self._closes, {}
+            try:
+                lost = await self._commit(batch, sdk_ids, closes)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # Keep everything, in order, and try again: nothing is published meanwhile.
+                self._pending[:0] = batch
+                self._sdk_ids = {**sdk_ids, **self._sdk_ids}
+                self._closes = {**closes, **self._closes}
+                if self.healthy:
+                    log.error("store_commit_failed", error=str(exc), pending_events=len(batch))
+                self.healthy = False
+                self._work.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if not self.healthy:
+                log.info("store_recovered", committed_events=len(batch))
+            self.healthy = True
+            delay = RETRY_MIN_S
+            newest: dict[EventLog, int] = {}
+            for item in batch:
+                newest[item.log] = item.seq
+            for event_log, seq in newest.items():
+                if event_log.session_id in lost:
+                    continue
+                event_log.publish(seq)
+            for session_id in lost:
+                log.error("session_lost_to_another_host", session_id=session_id)
+                self.on_session_lost(session_id)
+            if len(self._pending) < self.config.max_pending_events:
+                self._room.set()
+            if not self._pending and not self._sdk_ids and not self._closes:
+                self._idle.set()
+
+    async def _commit(
+        self, batch: list[_Pending], sdk_ids: dict[str, str], closes: dict[str, str | None]
+    ) -> set[str]:
+        """Store a batch in one transaction; returns the sessions this host no longer owns
+        (their events are not stored)."""
+        last: dict[str, int] = {}
+        for item in batch:
+            last[item.log.session_id] = item.seq
+        touched = sorted(set(last) | set(sdk_ids) | set(closes))
+        if not touched:
+            return set()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Taking the row locks first makes a concurrent claim wait for this commit,
+            # or makes this commit see the claim and store nothing for that session.
+            owned = {
+                r["id"]
+                for r in await conn.fetch(
+                    "UPDATE awk_sessions s SET"
+                    " last_seq = GREATEST(s.last_seq, COALESCE(v.last_seq, 0)),"
+                    " sdk_session_id = COALESCE(v.sdk_session_id, s.sdk_session_id),"
+                    " updated_at = now()"
+                    " FROM unnest($1::text[], $2::bigint[], $3::text[])"
+                    "   AS v(id, last_seq, sdk_session_id)"
+                    " WHERE s.id = v.id AND s.owner = $4 AND s.state = 'open'"
+                    " RETURNING s.id",
+                    touched,
+                    [last.get(s) for s in touched],
+                    [sdk_ids.get(s) for s in touched],
+                    self.node_id,
+                )
+            }
+            rows = [i for i in batch if i.log.session_id in owned]
+            if rows:
+                await conn.execute(
+                    "INSERT INTO awk_events (session_id, seq, name, data)"
+                    " SELECT s, q, n, d::json FROM unnest($1::text[], $2::bigint[],"
+                    " $3::text[], $4::text[]) AS v(s, q, n, d)",
+                    [i.log.session_id for i in rows],
+                    [i.seq for i in rows],
+                    [i.name for i in rows],
+                    [i.text for i in rows],
+                )
+            ended = [s for s in closes if s in owned]
+            if ended:
+                await conn.execute(
+                    "UPDATE awk_sessions s SET owner = NULL, updated_at = now(),"
+                    " state = CASE WHEN v.reason IS NULL THEN 'open' ELSE 'closed' END,"
+                    " close_reason = v.reason,"
+                    " closed_at = CASE WHEN v.reason IS NULL THEN NULL ELSE now() END"
+                    " FROM unnest($1::text[], $2::text[]) AS v(id, reason) WHERE s.id = v.id",
+                    ended,
+                    [closes[s] for s in ended],
+                )
+        # A session that ended here, or was never stored, is not "lost".
+        return {s for s in last if s not in owned and s not in closes}
+
+    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
+        rows = await self._pool.fetch(
+            "SELECT seq, name, data::text AS data FROM awk_events"
+            " WHERE session_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+            session_id,
+            after,
+            until,
+            limit,
+        )
+        return [stored_frame(r["seq"], r["name"], r["data"]) for r in rows]
+
+    # -- ownership ----------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        period = self.config.lease_s / 3
+        failing = False
+        while True:
+            await asyncio.sleep(period)
+            try:
+                async with asyncio.timeout(period):
+                    await self._pool.execute(
+                        "INSERT INTO awk_nodes (id, url, lease_until)"
+                        " VALUES ($1, $2, now() + make_interval(secs => $3))"
+                        " ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+                        self.node_id,
+                        self.url,
+                        self.config.lease_s,
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if not failing:  # once per outage, not once per beat
+                    log.warning("store_heartbeat_failed", error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("store_heartbeat_recovered")
+                failing = False
+
+    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+        # Either the owner's lease has expired, or it was released (owner NULL).
+        row = await self._pool.fetchrow(
+            "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
+            " WHERE s.id = $1 AND s.state = 'open' AND (s.owner IS NULL OR NOT EXISTS"
+            "   (SELECT 1 FROM awk_nodes n WHERE n.id = s.owner AND n.lease_until > now()))"
+            " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq",
+            session_id,
+            self.node_id,
+        )
+        if row is None:
+            holder = await self._pool.fetchrow(
+                "SELECT s.state, s.owner, n.url FROM awk_sessions s"
+                " LEFT JOIN awk_nodes n ON n.id = s.owner WHERE s.id = $1",
+                session_id,
+            )
+            if holder is None or holder["state"] != "open":
+                return None
+            if holder["owner"] is not None and await owner_is_gone(holder["url"]):
+                row = await self._claim_from_dead(session_id, holder["owner"])
+            if row is None:
+                raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
+        last_seq = row["last_seq"]
+        events = await self._pool.fetch(
+            "SELECT seq, name, data::text AS data FROM awk_events"
+            " WHERE session_id = $1 AND seq > $2 ORDER BY seq",
+            session_id,
+            last_seq - ring_size,
+        )
+        return ClaimedSession(
+            session_id=session_id,
+            spec=json.loads(row["spec"]),
+            sdk_session_id=row["sdk_session_id"],
+            last_seq=last_seq,
+            frames=[(e["seq"], stored_frame(e["seq"], e["name"], e["data"])) for e in events],
+            events=[(e["name"], json.loads(e["data"])) for e in events],
+        )
+
+    async def _claim_from_dead(self, session_id: str, dead_owner: str) -> Any:
+        """The owner's port refuses connections: it is gone, however fresh its lease.
+        Claim only if that is still the owner (of two claimants one wins), and end the
+        dead node's lease so its other sessions move as quickly."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE awk_nodes SET lease_until = now() WHERE id = $1 AND lease_until > now()",
+                dead_owner,
+            )
+            return await conn.fetchrow(
+                "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
+                " WHERE s.id = $1 AND s.state = 'open' AND s.owner = $3"
+                " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq",
+                session_id,
+                self.node_id,
+                dead_owner,
+            )
+
+
+async def owner_is_gone(url: str | None) -> bool:
+    """True only on proof: nothing listens where the owner said it listens. A timeout or
+    any other error proves nothing; then the lease decides."""
+    parts = urlsplit(url or "")
+    if not parts.hostname:
+        return False
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return False
+
+
+async def run_migrations(dsn: str) -> list[int]:
+    """`agent-webkitd migrate`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def prune(dsn: str, older_than_s: float) -> dict[str, int]:
+    """`agent-webkitd prune`: delete closed sessions (events and transcripts too) that
+    closed longer ago than `older_than_s`, and nodes long gone."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            gone = await conn.fetch(
+                "DELETE FROM awk_sessions WHERE state = 'closed'"
+                " AND closed_at < now() - make_interval(secs => $1)"
+                " RETURNING id, sdk_session_id",
+                older_than_s,
+            )
+            sdk_ids = [r["sdk_session_id"] for r in gone if r["sdk_session_id"]]
+            # Entries and subagent transcripts go with their transcript (ON DELETE CASCADE).
+            transcripts = await conn.execute(
+                "DELETE FROM awk_transcripts WHERE session_id = ANY($1::text[])", sdk_ids
+            )
+            nodes = await conn.execute(
+                "DELETE FROM awk_nodes n WHERE lease_until < now() - make_interval(secs => $1)"
+                " AND NOT EXISTS (SELECT 1 FROM awk_sessions s WHERE s.owner = n.id)",
+                older_than_s,
+            )
+        return {
+            "sessions": len(gone),
+            "transcripts": int(transcripts.split()[-1]),
+            "nodes": int(nodes.split()[-1]),
+        }
+    finally:
+        await conn.close()

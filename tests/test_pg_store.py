@@ -1,0 +1,352 @@
+"""The Postgres store on a real PostgreSQL: durable events, replay from the database,
+failover between two real daemon processes (the first killed with SIGKILL), the
+ownership race, a database outage, migrations and pruning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.conftest import api_for
+from tests.standin.fixtures import fake_model_url, offline_cli_env
+from tests.test_conversation import WRITE
+from tests.wire_client import Api, Event, Stream, StreamRefused
+
+__all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
+
+LEASE_S = 1.0
+
+
+def pg_overrides(dsn: str, tmp_path: Path, **extra: Any) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {
+        "store": {"backend": "postgres", "dsn": dsn, "lease_s": LEASE_S},
+        # The CLI keeps its local transcript here (the SDK mirrors it to Postgres).
+        "agent": {"env": {"CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}},
+    }
+    for section, values in extra.items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return overrides
+
+
+def model_views(cwd: Path) -> list[list[dict[str, str]]]:
+    """For every turn any CLI ran in `cwd`: the conversation its model was given."""
+    log = cwd / "cli-log.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [e["messages"] for e in entries if e.get("dir") == "model"]
+
+
+async def stream_from(api: Api, session_id: str, last_event_id: int, timeout: float = 15) -> Stream:
+    """Open the stream on a host that must first claim the session: while the dead
+    owner's lease runs out it answers 503 session_elsewhere."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await api.open_stream(session_id, last_event_id)
+            except StreamRefused as exc:
+                if exc.status != 503 or exc.body["error"]["code"] != "session_elsewhere":
+                    raise
+            await asyncio.sleep(0.1)
+
+
+async def read_turn(stream: Stream) -> list[Event]:
+    """Events up to and including the next session_state idle after a result."""
+    seen: list[Event] = []
+    while True:
+        event = await stream.next()
+        seen.append(event)
+        if event.name == "session_state" and event.data["state"] == "idle" and any(
+            e.name == "result" for e in seen
+        ):
+            return seen
+
+
+async def test_a_killed_host_s_session_continues_on_another_host_without_gap_or_reused_id(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    # A long lease: the second host must see that the first is gone (its port refuses
+    # connections) and claim at once, not wait the lease out.
+    long_lease = {"lease_s": 60}
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path, store=long_lease))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path, store=long_lease))
+    cwd = first.session_dir()
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(cwd))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "remember the word teapot")
+        seen = [await stream.next()] + await read_turn(stream)
+        assert any(e.name == "result" for e in seen)
+        last_id = seen[-1].id
+        assert last_id is not None
+
+        first.kill()
+        resumed = await api_b.open_stream(session_id, last_id)  # no 503, no waiting
+        await api_b.say(session_id, "what was the word?")
+        after = await read_turn(resumed)
+        ids = [e.id for e in seen + after]
+        assert ids == list(range(1, len(ids) + 1)), "a gap or a reused id across the failover"
+        reply = next(e for e in after if e.name == "message_complete")
+        assert reply.data["message"]["content"][0]["text"] == "echo: what was the word?"
+        # The second host's CLI resumed the conversation: its model saw the first turn.
+        assert model_views(cwd)[-1] == [
+            {"role": "user", "text": "remember the word teapot"},
+            {"role": "assistant", "text": "echo: remember the word teapot"},
+            {"role": "user", "text": "what was the word?"},
+        ]
+        status, described, _ = await api_b.request("GET", f"/sessions/{session_id}")
+        assert status == 200 and described["last_seq"] == ids[-1]
+
+
+async def test_with_the_real_cli_the_model_sees_the_earlier_turn_after_failover(
+    pg_dsn: str, start_daemon: Any, fake_model_url: str, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "claude-config"
+    config_dir.mkdir()
+    real_cli = {"cli_path": "", "env": offline_cli_env(fake_model_url, config_dir)}
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path, agent=real_cli))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path, agent=real_cli))
+    async with asyncio.timeout(60), api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(first.session_dir()))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "remember the teapot")
+        seen = [await stream.next()] + await read_turn(stream)
+        first.kill()
+
+        resumed = await stream_from(api_b, session_id, seen[-1].id or 0, timeout=30)
+        await api_b.say(session_id, "what is in the history?")
+        after = await read_turn(resumed)
+        ids = [e.id for e in seen + after]
+        assert ids == list(range(1, len(ids) + 1))
+        reply = next(e for e in after if e.name == "message_complete")
+        text = "".join(b["text"] for b in reply.data["message"]["content"] if b["type"] == "text")
+        assert text == "I see 2 user messages: remember the teapot | what is in the history?"
+
+
+async def test_a_turn_running_on_a_dead_host_ends_with_turn_lost_and_its_decision_is_withdrawn(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    cwd = first.session_dir({"turns": [{"steps": [WRITE]}]})
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(cwd))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "write it")
+        request = await stream.until("permission_request")
+        waiting = await stream.until("session_state")
+        assert waiting.data == {"state": "awaiting_decision"}
+        first.kill()
+
+        resumed = await stream_from(api_b, session_id, waiting.id or 0)
+        settled = [await resumed.next() for _ in range(3)]
+        assert [(e.name, e.data) for e in settled] == [
+            ("permission_cancelled", {"correlation_id": request.data["correlation_id"]}),
+            ("error", {"code": "turn_lost", "message": settled[1].data["message"]}),
+            ("session_state", {"state": "idle"}),
+        ]
+        assert settled[0].id == (waiting.id or 0) + 1
+        # The withdrawn decision cannot be answered any more; the session takes new turns.
+        status, body = await api_b.send(session_id, {
+            "type": "permission_response", "correlation_id": request.data["correlation_id"],
+            "behavior": "allow"})
+        assert status == 409, body
+        # The new CLI runs the scenario from its start: the same tool asks again.
+        await api_b.say(session_id, "again")
+        again = await resumed.until("permission_request")
+        assert again.data["correlation_id"] != request.data["correlation_id"]
+        status, body = await api_b.send(session_id, {
+            "type": "permission_response", "correlation_id": again.data["correlation_id"],
+            "behavior": "allow"})
+        assert status == 204, body
+        assert (await resumed.until("result")).data["subtype"] == "success"
+
+
+async def test_a_live_owner_keeps_its_session_and_of_two_claimants_exactly_one_wins(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    owner = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    hosts = [await start_daemon(pg_overrides(pg_dsn, tmp_path)) for _ in range(2)]
+    async with api_for(owner) as api_a, api_for(hosts[0]) as api_b, api_for(hosts[1]) as api_c:
+        session_id = await api_a.create(cwd=str(owner.session_dir()))
+        # The owner is alive: other hosts say where the session is, and never copy it.
+        status, body, headers = await api_b.request("GET", f"/sessions/{session_id}")
+        assert status == 503 and body["error"]["code"] == "session_elsewhere"
+        assert headers["Retry-After"] == "1" and body["error"]["owner"]
+        status, _, _ = await api_b.request("GET", "/sessions/no-such-session")
+        assert status == 404
+
+        owner.kill()
+        await asyncio.sleep(LEASE_S + 0.3)
+        results = await asyncio.gather(
+            api_b.request("GET", f"/sessions/{session_id}"),
+            api_c.request("GET", f"/sessions/{session_id}"),
+        )
+        statuses = sorted(r[0] for r in results)
+        assert statuses == [200, 503], results
+        loser = next(r for r in results if r[0] == 503)
+        assert loser[1]["error"]["code"] == "session_elsewhere"
+        live = [len((await api.request("GET", "/sessions"))[1]["sessions"]) for api in (api_b, api_c)]
+        assert sorted(live) == [0, 1]
+
+
+async def test_replay_reaches_past_the_ring_into_the_database(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path, sessions={"ring_size": 8}))
+    cwd = daemon.session_dir({"turns": [{"steps": [{"events": 50, "text": "x"}]}]})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(cwd))
+        live = await api.open_stream(session_id, 0)
+        await api.say(session_id, "go")
+        await read_turn(live)
+        newest = live.events[-1].id
+        assert newest is not None and newest > 50
+        replay = await api.open_stream(session_id, 1)
+        replayed = [await replay.next() for _ in range(newest - 1)]
+        assert [e.id for e in replayed] == list(range(2, newest + 1))
+        assert [(e.name, e.data) for e in replayed] == [(e.name, e.data) for e in live.events[1:]]
+        # Without a cursor a new subscriber gets what the ring holds, as before.
+        tail = await api.open_stream(session_id)
+        assert (await tail.next()).id == newest - 7
+    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
+        stored = await pool.fetchval("SELECT count(*) FROM awk_events WHERE session_id = $1", session_id)
+    assert stored >= newest
+
+
+async def test_a_database_outage_delays_events_but_loses_none(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    cwd = daemon.session_dir({"turns": [{"steps": [{"events": 20, "text": "x"}]}]})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(cwd))
+        stream = await api.open_stream(session_id, 0)
+        await stream.until("session_state")
+        before = list(stream.events)
+        postgres("stop")
+        try:
+            status, body, _ = await api.request("GET", "/readyz")
+            assert status == 503 and "store" in body["reason"]
+            status, body, _ = await api.request("POST", "/sessions", {"cwd": str(daemon.session_dir())})
+            assert status == 503 and body["error"]["code"] == "store_unavailable"
+            await api.say(session_id, "during the outage")
+            # The turn runs, but nothing is published before it is committed.
+            await asyncio.sleep(1.5)
+            assert stream._pending == [] and stream.events == before
+        finally:
+            postgres("start")
+        events = before + await read_turn(stream)
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+        assert sum(1 for e in events if e.name == "message_complete") == 20
+        async with asyncio.timeout(10):
+            while (await api.request("GET", "/readyz"))[0] != 200:  # noqa: ASYNC110 - polling a remote server
+                await asyncio.sleep(0.2)
+
+
+async def test_migrate_and_prune_commands(pg_dsn: str, start_daemon: Any, tmp_path: Path) -> None:
+    config = tmp_path / "migrate.toml"
+    config.write_text(f'[store]\nbackend = "postgres"\ndsn = "{pg_dsn}"\n')
+    # Two at once, as two hosts starting together: each migration is applied once.
+    runs = await asyncio.gather(*(agent_webkitd("migrate", "--config", str(config)) for _ in range(2)))
+    assert sorted(json.loads(out)["applied"] for _, out in runs) == [[], [1, 2]]
+    assert json.loads((await agent_webkitd("migrate", "--config", str(config)))[1]) == {"applied": []}
+
+    daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    async with api_for(daemon) as api:
+        kept = await api.create(cwd=str(daemon.session_dir()))
+        closed = await api.create(cwd=str(daemon.session_dir()))
+        stream = await api.open_stream(closed, 0)
+        await api.say(closed, "hello")
+        await stream.until("result")
+        assert await api.delete(closed) == 204
+        await stream.until("done")
+    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
+        async with asyncio.timeout(5):
+            while await pool.fetchval("SELECT state FROM awk_sessions WHERE id = $1", closed) != "closed":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        code, out = await agent_webkitd("prune", "--older-than", "1d", "--config", str(config))
+        assert json.loads(out)["deleted"]["sessions"] == 0
+        code, out = await agent_webkitd("prune", "--older-than", "0s", "--config", str(config))
+        assert code == 0 and json.loads(out)["deleted"]["sessions"] == 1
+        remaining = {r["id"] for r in await pool.fetch("SELECT id FROM awk_sessions")}
+        assert remaining == {kept}
+        assert await pool.fetchval("SELECT count(*) FROM awk_events WHERE session_id = $1", closed) == 0
+    code, _ = await agent_webkitd("prune", "--older-than", "soon", "--config", str(config), check=False)
+    assert code == 2
+
+
+async def agent_webkitd(*args: str, check: bool = True) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent_webkitd", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if check:
+        assert proc.returncode == 0, err.decode()
+    return proc.returncode or 0, out.decode()
+
+
+def postgres(action: str) -> None:
+    """Really stop or start the PostgreSQL server the tests use."""
+    versions = sorted(Path("/etc/postgresql").iterdir())
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", action],
+        check=True, capture_output=True, timeout=60,
+    )
+
+
+async def test_a_draining_host_hands_its_sessions_over_at_once(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path, server={"drain_timeout_s": 60}))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    cwd = first.session_dir()
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(cwd))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "before the deploy")
+        seen = [await stream.next()] + await read_turn(stream)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGTERM)
+        # The stream ends without `done`: the session is not over, it is moving.
+        rest = await stream.rest(timeout=10)
+        assert "done" not in [e.name for e in rest]
+        async with asyncio.timeout(10):
+            assert await asyncio.to_thread(first.proc.wait) == 0
+        # Released, not abandoned: the next host claims it without waiting for a lease.
+        resumed = await api_b.open_stream(session_id, (seen + rest)[-1].id)
+        await api_b.say(session_id, "after the deploy")
+        after = await read_turn(resumed)
+        ids = [e.id for e in seen + rest + after]
+        assert ids == list(range(1, len(ids) + 1))
+        assert model_views(cwd)[-1][0] == {"role": "user", "text": "before the deploy"}
+
+
+async def test_seq_continues_after_the_only_host_is_killed_and_restarted(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    before = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    cwd = before.session_dir()
+    async with api_for(before) as api:
+        session_id = await api.create(cwd=str(cwd))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "one")
+        seen = [await stream.next()] + await read_turn(stream)
+    before.kill()
+    after = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    async with api_for(after) as api:
+        # Resuming from an id already seen gives exactly what came after it.
+        replay = await stream_from(api, session_id, 2)
+        replayed = [await replay.next() for _ in range(len(seen) - 2)]
+        assert [(e.id, e.name, e.data) for e in replayed] == [(e.id, e.name, e.data) for e in seen[2:]]
+        await api.say(session_id, "two")
+        more = await read_turn(replay)
+        ids = [e.id for e in seen + more]
+        assert ids == list(range(1, len(ids) + 1))
+        assert [m["text"] for m in model_views(cwd)[-1]] == ["one", "echo: one", "two"]
