@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/agent-webkitd --config conf/dev.toml
 
+# The Postgres store's tests need PostgreSQL: start the local server if it is down
+# (skipped when AGENT_WEBKITD_TEST_PG names another server).
 test: install
+	@test -n "$$AGENT_WEBKITD_TEST_PG" || scripts/ensure-postgres
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from .config import StoreConfig
+from .config import StoreConfig, is_loopback
 from .eventlog import stored_frame
 from .migrations import migrate
 from .store import ClaimedSession, SessionOwnedElsewhere
@@ -331,7 +331,7 @@ class PostgresStore:
             )
             if holder is None or holder["state"] != "open":
                 return None
-            if holder["owner"] is not None and await owner_is_gone(holder["url"]):
+            if holder["owner"] is not None and await owner_is_gone(holder["owner"], holder["url"]):
                 row = await self._claim_from_dead(session_id, holder["owner"])
             if row is None:
                 raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
@@ -370,11 +370,14 @@ class PostgresStore:
             )
 
 
-async def owner_is_gone(url: str | None) -> bool:
+async def owner_is_gone(owner: str, url: str | None) -> bool:
     """True only on proof: nothing listens where the owner said it listens. A timeout or
-    any other error proves nothing; then the lease decides."""
+    any other error proves nothing; then the lease decides. A loopback address proves
+    something only on the owner's own machine."""
     parts = urlsplit(url or "")
     if not parts.hostname:
+        return False
+    if is_loopback(parts.hostname) and owner.split(":")[0] != socket.gethostname():
         return False
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):

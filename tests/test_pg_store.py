@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from agent_webkitd.pgstore import owner_is_gone
 from tests.conftest import api_for
 from tests.standin.fixtures import fake_model_url, offline_cli_env
 from tests.test_conversation import WRITE
@@ -350,3 +352,16 @@ async def test_seq_continues_after_the_only_host_is_killed_and_restarted(
         ids = [e.id for e in seen + more]
         assert ids == list(range(1, len(ids) + 1))
         assert [m["text"] for m in model_views(cwd)[-1]] == ["one", "echo: one", "two"]
+
+
+async def test_only_a_refused_connection_on_the_owners_machine_proves_it_gone() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    here = f"{socket.gethostname()}:{port}:abc"
+    assert not await owner_is_gone(here, f"http://127.0.0.1:{port}")  # listening: alive
+    server.close()
+    await server.wait_closed()
+    assert await owner_is_gone(here, f"http://127.0.0.1:{port}")  # refused: gone
+    # Another machine's loopback address says nothing about that machine.
+    assert not await owner_is_gone(f"elsewhere:{port}:abc", f"http://127.0.0.1:{port}")
+    assert not await owner_is_gone(here, "")
