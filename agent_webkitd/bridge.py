@@ -31,7 +31,7 @@ from claude_agent_sdk import (
     ToolUseBlock,
     UserMessage,
 )
-from claude_agent_sdk.types import PermissionResult
+from claude_agent_sdk.types import MirrorErrorMessage, PermissionResult
 
 from . import wire
 from .decisions import Decisions
@@ -107,6 +107,11 @@ class Bridge:
             case ResultMessage():
                 self._result(message)
                 return True
+            case MirrorErrorMessage(error=error):
+                # The SDK dropped a transcript batch the store would not take: a session
+                # claimed by another host later would resume without it. Tell ops.
+                self.metrics.transcript_mirror_errors.inc({})
+                self.logger.error("transcript_not_stored", error=error)
             case SystemMessage(subtype="init", data=data):
                 self.claude_session_id = data.get("session_id") or self.claude_session_id
                 self._mcp_servers(data.get("mcp_servers"))

@@ -47,6 +47,12 @@ class Metrics:
             "Sessions taken over from a host that went away (Postgres store).",
             registry=r,
         )
+        self.transcript_mirror_errors = Counter(
+            "agent_webkit_transcript_mirror_errors_total",
+            "Transcript batches the SDK could not store (Postgres store): a later resume on"
+            " another host would miss them.",
+            registry=r,
+        )
         self.capacity_rejections = Counter(
             "agent_webkit_capacity_rejections_total",
             "POST /sessions refused: at capacity or draining.",

@@ -254,9 +254,13 @@ class PostgresStore:
             rows = [i for i in batch if i.log.session_id in owned]
             if rows:
                 await conn.execute(
+                    # A retry of a commit whose acknowledgement was lost finds its rows
+                    # already there: the same events (no other host can write while
+                    # this one owns the session), so skip them.
                     "INSERT INTO awk_events (session_id, seq, name, data)"
                     " SELECT s, q, n, d::json FROM unnest($1::text[], $2::bigint[],"
-                    " $3::text[], $4::text[]) AS v(s, q, n, d)",
+                    " $3::text[], $4::text[]) AS v(s, q, n, d)"
+                    " ON CONFLICT (session_id, seq) DO NOTHING",
                     [i.log.session_id for i in rows],
                     [i.seq for i in rows],
                     [i.name for i in rows],

@@ -8,8 +8,11 @@ creates tables.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from claude_agent_sdk import fold_session_summary
@@ -99,6 +102,32 @@ ORDER BY subpath
 """
 
 
+T = TypeVar("T")
+# The SDK gives append() 60 s, retries a failure only twice within a second, then drops
+# the batch. So ride out a database restart here, but answer before the SDK gives up.
+OUTAGE_PATIENCE_S = 45.0
+RETRY_MAX_S = 2.0
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+async def _riding_out_outages(call: Callable[[], Awaitable[T]]) -> T:
+    deadline = time.monotonic() + OUTAGE_PATIENCE_S
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except _CONNECTION_ERRORS:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
+
+
 class PostgresSessionStore(SessionStore):
     """SessionStore on an asyncpg pool; the tables come from TRANSCRIPT_SCHEMA."""
 
@@ -106,8 +135,10 @@ class PostgresSessionStore(SessionStore):
         self._pool = pool
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        if not entries:
-            return
+        if entries:
+            await _riding_out_outages(lambda: self._append(key, entries))
+
+    async def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         subpath = _subpath(key)
         uuids = [_uuid_of(entry) for entry in entries]
         blobs = [json.dumps(entry) for entry in entries]
@@ -123,6 +154,9 @@ class PostgresSessionStore(SessionStore):
             await conn.execute(_STORE_SUMMARY, transcript_id, summary)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        return await _riding_out_outages(lambda: self._load(key))
+
+    async def _load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_LOAD, key["project_key"], key["session_id"], _subpath(key))
         # Appends never leave a transcript empty, so no rows means never written (or deleted).

@@ -249,6 +249,12 @@ async def test_a_database_outage_delays_events_but_loses_none(
         async with asyncio.timeout(10):
             while (await api.request("GET", "/readyz"))[0] != 200:  # noqa: ASYNC110 - polling a remote server
                 await asyncio.sleep(0.2)
+    # The CLI's transcript of that turn reached the database too (a later resume needs it).
+    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool, asyncio.timeout(15):
+        while not await pool.fetchval(  # noqa: ASYNC110 - polling the database
+            "SELECT count(*) FROM awk_transcript_entries WHERE entry::text LIKE '%during the outage%'"
+        ):
+            await asyncio.sleep(0.2)
 
 
 async def test_migrate_and_prune_commands(pg_dsn: str, start_daemon: Any, tmp_path: Path) -> None:
