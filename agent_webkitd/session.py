@@ -198,7 +198,7 @@ class Session:
             "created_at": datetime.fromtimestamp(self.created_at, UTC).isoformat(),
             "idle_for_s": round(self.idle_for(), 1),
             "subscribers": self.subscribers,
-            "last_seq": self.log.last_seq,
+            "last_seq": self.log.published_seq,  # what a client can have seen
             "model": self.spec.model,
             "permission_mode": self.spec.permission_mode,
             "pending_decisions": (
