@@ -38,14 +38,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("migrate", "prune"):
             return run_store_command(args, store_dsn(config))
-        from .daemon import serve, take_secrets  # the SDK and aiohttp: only to serve
+        from .daemon import StartupFailed, serve, take_secrets  # the SDK: only to serve
 
         configure_logging(config.logging)
         token, dsn = take_secrets(config)
     except ConfigError as exc:
         print(f"agent-webkitd: config error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, token, dsn))
+    try:
+        asyncio.run(serve(config, token, dsn))
+    except StartupFailed as exc:
+        print(f"agent-webkitd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

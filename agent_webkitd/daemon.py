@@ -47,6 +47,10 @@ def take_secrets(config: Config) -> tuple[str, str]:
     return token, dsn
 
 
+class StartupFailed(Exception):
+    pass
+
+
 def build_store(config: Config, dsn: str) -> Store:
     if config.store.backend == "postgres":
         from .pgstore import PostgresStore  # asyncpg only when it is used
@@ -76,7 +80,13 @@ async def serve(config: Config, token: str, dsn: str = "") -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
     store = build_store(config, dsn)
-    await store.start()
+    try:
+        await store.start()
+    except Exception as exc:  # unreachable database, bad DSN, schema too new: say which
+        log.error("store_start_failed", error=f"{type(exc).__name__}: {exc}")
+        raise StartupFailed(
+            f"the session store could not start: {type(exc).__name__}: {exc}"
+        ) from exc
     supervisor = Supervisor(config, store, Metrics())
     await supervisor.start()
     app = build_app(config, supervisor, token)

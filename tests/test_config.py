@@ -92,6 +92,9 @@ def test_the_postgres_store_needs_a_dsn_and_takes_it_from_database_url(tmp_path:
     assert done.returncode == 2 and "DATABASE_URL" in done.stderr
     done = run_cli("migrate", "--config", str(path), env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"})
     assert done.returncode == 1 and "migrate" in done.stderr
+    done = run_cli("--config", str(path), env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x",
+                                               "AGENT_WEBKIT_AUTH_TOKEN": "t"})
+    assert done.returncode == 1 and "session store could not start" in done.stderr
 
 
 def test_check_config_fails_on_a_bad_file_naming_the_key(tmp_path: Path) -> None:
