@@ -53,6 +53,17 @@ RETRY_MAX_S = 2.0
 STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
+# Failures that pass: the database is away, restarting, or asked us to retry.
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+)
 
 
 @dataclass
@@ -188,8 +199,14 @@ class PostgresStore:
             sdk_ids, self._sdk_ids = self._sdk_ids, {}
             closes, self._closes = self._closes, {}
             try:
-                lost = await self._commit(batch, sdk_ids, closes)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                try:
+                    lost = await self._commit(batch, sdk_ids, closes)
+                except TRANSIENT:
+                    raise
+                except asyncpg.PostgresError as exc:
+                    log.error("store_batch_refused", error=str(exc), events=len(batch))
+                    lost = await self._commit_each_session(batch, sdk_ids, closes)
+            except Exception as exc:  # transient (or a bug): never let the writer die
                 # Keep everything, in order, and try again: nothing is published meanwhile.
                 self._pending[:0] = batch
                 self._sdk_ids = {**sdk_ids, **self._sdk_ids}
@@ -213,12 +230,37 @@ class PostgresStore:
                     continue
                 event_log.publish(seq)
             for session_id in lost:
-                log.error("session_lost_to_another_host", session_id=session_id)
+                log.error("session_stopped_here", session_id=session_id)
                 self.on_session_lost(session_id)
             if len(self._pending) < self.config.max_pending_events:
                 self._room.set()
             if not self._pending and not self._sdk_ids and not self._closes:
                 self._idle.set()
+
+    async def _commit_each_session(
+        self, batch: list[_Pending], sdk_ids: dict[str, str], closes: dict[str, str | None]
+    ) -> set[str]:
+        """PostgreSQL refused a batch for good (not a connection problem): commit each
+        session's share on its own, so one session's bad events cannot stall every other.
+        A session whose share is refused again is stopped here, its events unpublished;
+        another host can claim it from its last committed event."""
+        shares: dict[str, list[_Pending]] = {}
+        for item in batch:
+            shares.setdefault(item.log.session_id, []).append(item)
+        lost: set[str] = set()
+        for session_id in sorted(set(shares) | set(sdk_ids) | set(closes)):
+            try:
+                lost |= await self._commit(
+                    shares.get(session_id, []),
+                    {session_id: sdk_ids[session_id]} if session_id in sdk_ids else {},
+                    {session_id: closes[session_id]} if session_id in closes else {},
+                )
+            except TRANSIENT:
+                raise  # the whole batch is retried; what was committed is skipped then
+            except asyncpg.PostgresError as exc:
+                log.error("session_events_refused", session_id=session_id, error=str(exc))
+                lost.add(session_id)
+        return lost
 
     async def _commit(
         self, batch: list[_Pending], sdk_ids: dict[str, str], closes: dict[str, str | None]
@@ -308,7 +350,7 @@ class PostgresStore:
                         self.url,
                         self.config.lease_s,
                     )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (asyncpg.PostgresError, *TRANSIENT) as exc:
                 if not failing:  # once per outage, not once per beat
                     log.warning("store_heartbeat_failed", error=str(exc))
                 failing = True

@@ -371,3 +371,38 @@ async def test_only_a_refused_connection_on_the_owners_machine_proves_it_gone() 
     # Another machine's loopback address says nothing about that machine.
     assert not await owner_is_gone(f"elsewhere:{port}:abc", f"http://127.0.0.1:{port}")
     assert not await owner_is_gone(here, "")
+
+
+async def test_events_postgres_refuses_stop_their_session_only(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
+        # A real refusal from the server, for one session's events only.
+        await pool.execute("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.data::text LIKE '%poison%' THEN RAISE EXCEPTION 'refused: poison'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON awk_events
+                FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """)
+        async with api_for(daemon) as api:
+            bad = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [{"sleep": 0.3}, {"text": "poison"}]}]})))
+            good = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [{"sleep": 0.3}, {"text": "fine"}]}]})))
+            bad_stream = await api.open_stream(bad, 0)
+            good_stream = await api.open_stream(good, 0)
+            await asyncio.gather(api.say(bad, "go"), api.say(good, "go"))
+            # The other session is not held up by the refused one.
+            assert (await good_stream.until("result")).data["result"] == "fine"
+            rest = await bad_stream.rest(timeout=10)
+            assert "poison" not in json.dumps([e.data for e in rest]) and "done" not in [e.name for e in rest]
+            last = (bad_stream.events or [None])[-1]
+            assert last is not None and last.id is not None
+            stored = await pool.fetchval("SELECT max(seq) FROM awk_events WHERE session_id = $1", bad)
+            assert stored == last.id  # nothing published that was not stored
+            # Its session carries on from the last stored event, on a fresh CLI.
+            await pool.execute("DROP TRIGGER refuse_poison ON awk_events")
+            resumed = await stream_from(api, bad, last.id)
+            assert (await resumed.next()).id == last.id + 1
