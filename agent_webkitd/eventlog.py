@@ -45,8 +45,11 @@ def encode_parts(seq: int | None, name: str, data: dict[str, Any]) -> tuple[str,
         text.encode()
     except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
         text = _dumps_ascii(data)
-    head = f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
-    return head, text
+    return _head(seq, name), text
+
+
+def _head(seq: int | None, name: str) -> str:
+    return f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
 
 
 def join_frame(head: str, text: str) -> bytes:
@@ -60,7 +63,7 @@ def encode_frame(seq: int | None, name: str, data: dict[str, Any]) -> bytes:
 
 def stored_frame(seq: int, name: str, text: str) -> bytes:
     """The frame of an event read back from a durable store."""
-    return join_frame(f"id: {seq}\nevent: {name}\ndata: ", text)
+    return join_frame(_head(seq, name), text)
 
 
 class EventLog:

@@ -53,6 +53,13 @@ RETRY_MAX_S = 2.0
 STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
+# Take session $1 for node $2 if it is open and {condition}: one statement, so of two
+# hosts racing exactly one wins.
+_CLAIM = (
+    "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
+    " WHERE s.id = $1 AND s.state = 'open' AND ({})"
+    " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq"
+)
 # Failures that pass: the database is away, restarting, or asked us to retry.
 TRANSIENT = (
     OSError,
@@ -323,7 +330,11 @@ class PostgresStore:
         return {s for s in last if s not in owned and s not in closes}
 
     async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
-        rows = await self._pool.fetch(
+        rows = await self._events(session_id, after, until, limit)
+        return [stored_frame(r["seq"], r["name"], r["data"]) for r in rows]
+
+    async def _events(self, session_id: str, after: int, until: int, limit: int) -> Any:
+        return await self._pool.fetch(
             "SELECT seq, name, data::text AS data FROM awk_events"
             " WHERE session_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
             session_id,
@@ -331,7 +342,6 @@ class PostgresStore:
             until,
             limit,
         )
-        return [stored_frame(r["seq"], r["name"], r["data"]) for r in rows]
 
     # -- ownership ----------------------------------------------------------------------
 
@@ -362,10 +372,10 @@ class PostgresStore:
     async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
         # Either the owner's lease has expired, or it was released (owner NULL).
         row = await self._pool.fetchrow(
-            "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
-            " WHERE s.id = $1 AND s.state = 'open' AND (s.owner IS NULL OR NOT EXISTS"
-            "   (SELECT 1 FROM awk_nodes n WHERE n.id = s.owner AND n.lease_until > now()))"
-            " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq",
+            _CLAIM.format(
+                "s.owner IS NULL OR NOT EXISTS (SELECT 1 FROM awk_nodes n"
+                " WHERE n.id = s.owner AND n.lease_until > now())"
+            ),
             session_id,
             self.node_id,
         )
@@ -382,12 +392,7 @@ class PostgresStore:
             if row is None:
                 raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
         last_seq = row["last_seq"]
-        events = await self._pool.fetch(
-            "SELECT seq, name, data::text AS data FROM awk_events"
-            " WHERE session_id = $1 AND seq > $2 ORDER BY seq",
-            session_id,
-            last_seq - ring_size,
-        )
+        events = await self._events(session_id, last_seq - ring_size, last_seq, ring_size)
         return ClaimedSession(
             session_id=session_id,
             spec=json.loads(row["spec"]),
@@ -407,12 +412,7 @@ class PostgresStore:
                 dead_owner,
             )
             return await conn.fetchrow(
-                "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
-                " WHERE s.id = $1 AND s.state = 'open' AND s.owner = $3"
-                " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq",
-                session_id,
-                self.node_id,
-                dead_owner,
+                _CLAIM.format("s.owner = $3"), session_id, self.node_id, dead_owner
             )
 
 

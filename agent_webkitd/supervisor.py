@@ -79,9 +79,7 @@ class Supervisor:
         without `done`; clients reconnect and the next host claims it."""
         for session in list(self.sessions.values()):
             if not session.busy and not session.bridge.decisions.pending:
-                task = asyncio.create_task(self.close(session, "drain", release=True))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._close_in_background(session, "drain", release=True)
 
     async def _keepalive_ticker(self) -> None:
         period = self.config.server.keepalive_s / 2
@@ -99,9 +97,7 @@ class Supervisor:
                 idle = session.idle_for()
                 if idle >= timeout:
                     session.logger.info("session_idle_evicted", idle_for_s=round(idle, 1))
-                    task = asyncio.create_task(self.close(session, "idle"))
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
+                    self._close_in_background(session, "idle")
 
     def _admit(self) -> None:
         """Raise 503 unless this host can take one more session."""
@@ -228,12 +224,16 @@ class Supervisor:
         if session is None:
             return
         session.log.fence()
-        task = asyncio.create_task(self.close(session, "lost", release=True))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._close_in_background(session, "lost", release=True)
 
     async def delete(self, session_id: str) -> None:
         await self.close(await self.find(session_id), "closed")
+
+    def _close_in_background(self, session: Session, reason: str, *, release: bool = False) -> None:
+        """Close from a sweep or callback; stop() waits for these before exiting."""
+        task = asyncio.create_task(self.close(session, reason, release=release))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self, session: Session, reason: str, *, release: bool = False) -> None:
         # Gone from the registry at once: the id answers 404 while the CLI shuts down.
