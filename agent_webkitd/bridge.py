@@ -24,6 +24,9 @@ from claude_agent_sdk import (
     ServerToolUseBlock,
     StreamEvent,
     SystemMessage,
+    TaskNotificationMessage,
+    TaskStartedMessage,
+    TaskUpdatedMessage,
     TextBlock,
     ThinkingBlock,
     ToolPermissionContext,
@@ -31,7 +34,7 @@ from claude_agent_sdk import (
     ToolUseBlock,
     UserMessage,
 )
-from claude_agent_sdk.types import MirrorErrorMessage, PermissionResult
+from claude_agent_sdk.types import TERMINAL_TASK_STATUSES, MirrorErrorMessage, PermissionResult
 
 from . import wire
 from .decisions import Decisions
@@ -92,6 +95,7 @@ class Bridge:
         self._mcp_status: dict[str, str] = {}
         self._total_cost: float = 0.0
         self.claude_session_id: str | None = None
+        self.background_tasks: set[str] = set()  # started and not yet finished
 
     # -- SDK messages -> wire events -------------------------------------------------
 
@@ -112,6 +116,13 @@ class Bridge:
                 # claimed by another host later would resume without it. Tell ops.
                 self.metrics.transcript_mirror_errors.inc({})
                 self.logger.error("transcript_not_stored", error=error)
+            case TaskStartedMessage(task_id=task_id):
+                self.background_tasks.add(task_id)
+            case (
+                TaskNotificationMessage(task_id=task_id, status=status)
+                | TaskUpdatedMessage(task_id=task_id, status=status)
+            ) if status in TERMINAL_TASK_STATUSES:
+                self.background_tasks.discard(task_id)
             case SystemMessage(subtype="init", data=data):
                 self.claude_session_id = data.get("session_id") or self.claude_session_id
                 self._mcp_servers(data.get("mcp_servers"))
@@ -222,10 +233,23 @@ class Bridge:
             data["turn_cost_usd"] = round(max(total - self._total_cost, 0.0), 10)
             self._total_cost = total
         self.emit("result", data)
-        # A turn is over: its messages will not grow and its tools will not report.
+        self.forget_turn()
+
+    def forget_turn(self) -> None:
+        """A turn is over: its messages will not grow and its tools will not report."""
         self._blocks.clear()
         self._stream_message_id.clear()
         self._open_tool_uses.clear()
+
+    def process_ended(self) -> None:
+        """The CLI process is gone: so are its turn, its decisions and its tasks."""
+        self.forget_turn()
+        self.cancel_pending()
+        self.background_tasks.clear()
+
+    def restore_cost(self, total_cost_usd: float) -> None:
+        """The session's cost so far, from its stored events (a session taken over)."""
+        self._total_cost = total_cost_usd
 
     def _mcp_servers(self, servers: Any) -> None:
         if not isinstance(servers, list):

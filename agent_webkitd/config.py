@@ -48,6 +48,13 @@ class SessionsConfig:
     ring_size: int = 1000
     permission_timeout_s: float = 0
     inbound_queue_size: int = 16
+    hibernate_after_s: float = 120  # stop the CLI of a session idle this long; 0 = never
+    max_live_agents: int = 0  # CLI processes at once; 0 = max_sessions
+    max_concurrent_starts: int = 4  # CLIs starting at once (wakes, creates)
+
+    @property
+    def live_agents_cap(self) -> int:
+        return self.max_live_agents or self.max_sessions
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,9 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.ring_size", s.ring_size)
     _positive("sessions.permission_timeout_s", s.permission_timeout_s, zero_ok=True)
     _positive("sessions.inbound_queue_size", s.inbound_queue_size)
+    _positive("sessions.hibernate_after_s", s.hibernate_after_s, zero_ok=True)
+    _positive("sessions.max_live_agents", s.max_live_agents, zero_ok=True)
+    _positive("sessions.max_concurrent_starts", s.max_concurrent_starts)
     for mode in (*a.allowed_permission_modes, a.permission_mode):
         if mode not in PERMISSION_MODES:
             raise ConfigError(

@@ -15,7 +15,9 @@ subscriber that keeps up).
 So a burst of events costs each subscriber one wake-up and one socket write per interval
 instead of one per event (the difference between 1 and ~20 frames per send at 100
 subscribers), at the price of at most WAKE_INTERVAL_S extra delay inside a burst.
-The log knows nothing about HTTP or the SDK.
+The ring is allocated at the first append, and a hibernated session whose store is
+durable drops it (its events are in the database; readers go there), so a sleeping
+session costs no ring. The log knows nothing about HTTP or the SDK.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class EventLog:
 
     def __init__(self, session_id: str, ring_size: int, store: Store, last_seq: int = 0) -> None:
         self.session_id = session_id
-        self._size = ring_size
-        self._ring: list[bytes] = [b""] * ring_size
+        self._size = self.ring_size = ring_size
+        self._ring: list[bytes] | None = None  # allocated at the first append
         self._store = store
         self.last_seq = last_seq  # the newest seq assigned
         self.published_seq = last_seq  # the newest seq subscribers may see
@@ -93,13 +95,10 @@ class EventLog:
         """The oldest seq still in the ring (== published_seq + 1 when it holds nothing)."""
         return max(self._first_kept, self.last_seq - self._size + 1)
 
-    def load(self, frames: list[tuple[int, bytes]]) -> None:
-        """Fill the ring with already published frames (a session taken over from a host
-        that died), oldest first, ending at last_seq."""
-        for seq, frame in frames[-self._size :]:
-            self._ring[seq % self._size] = frame
-        if frames:
-            self._first_kept = max(frames[0][0], self.last_seq - self._size + 1)
+    def drop_ring(self) -> None:
+        """Free the ring; reads of anything older than the next append go to the store."""
+        self._ring = None
+        self._first_kept = self.last_seq + 1
 
     def append(self, name: str, data: dict[str, Any]) -> int:
         """Assign the next seq, encode once, hand to the store (which publishes it).
@@ -115,8 +114,9 @@ class EventLog:
                 {"code": "encode_failed", "message": f"could not encode {name}: {exc}"},
             )
             head, text = encode_parts(seq, name, data)
-        frame = join_frame(head, text)
-        self._ring[seq % self._size] = frame
+        if self._ring is None:
+            self._ring = [b""] * self._size
+        self._ring[seq % self._size] = join_frame(head, text)
         self.last_seq = seq
         self._store.append(self, seq, name, text)
         return seq
@@ -190,4 +190,6 @@ class EventLog:
         self.check_cursor(after)
         end = min(self.published_seq, after + limit)
         ring, size = self._ring, self._size
+        if ring is None:  # never filled, or dropped (check_cursor saw to older cursors)
+            return []
         return [ring[seq % size] for seq in range(after + 1, end + 1)]

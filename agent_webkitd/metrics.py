@@ -39,7 +39,39 @@ class Metrics:
         )
         self.sessions_evicted = Counter(
             "agent_webkit_sessions_evicted_total",
-            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), error (the CLI died), drain (shutdown), lost (claimed by another host).",
+            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), error (it could not start), drain (shutdown), lost (claimed by another host).",
+            registry=r,
+        )
+        self.agents_live = Gauge(
+            "agent_webkit_agents_live",
+            "Claude Code CLI processes (starting, serving or stopping).",
+            registry=r,
+        )
+        self.sessions_hibernated = Gauge(
+            "agent_webkit_sessions_hibernated",
+            "Sessions without a CLI process, woken by their next message.",
+            registry=r,
+        )
+        self.hibernations = Counter(
+            "agent_webkit_hibernations_total",
+            "Idle sessions whose CLI was stopped (idle past hibernate_after_s, or to make room).",
+            registry=r,
+        )
+        self.wakes = Counter(
+            "agent_webkit_wakes_total",
+            "Hibernated sessions woken by a message, by outcome: ok, failed (wake_failed).",
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "agent_webkit_wake_seconds",
+            "From a message to a hibernated session to its resumed CLI being ready"
+            " (waiting for a free CLI slot included).",
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.agent_exits = Counter(
+            "agent_webkit_agent_exits_total",
+            "CLI processes that exited without being asked to (crash, kill, bad output).",
             registry=r,
         )
         self.sessions_claimed = Counter(
@@ -55,7 +87,7 @@ class Metrics:
         )
         self.capacity_rejections = Counter(
             "agent_webkit_capacity_rejections_total",
-            "POST /sessions refused: at capacity or draining.",
+            "POST /sessions refused, by reason: at_capacity, agents_busy, draining.",
             registry=r,
         )
         self.subscribers_live = Gauge(

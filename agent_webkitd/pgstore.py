@@ -94,7 +94,8 @@ class PostgresStore:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
         self._pool: Any = None
         self._pending: list[_Pending] = []
-        self._sdk_ids: dict[str, str] = {}  # Claude session ids not yet stored
+        # Session columns not yet stored: sdk_session_id, spec (JSON text).
+        self._meta: dict[str, dict[str, str]] = {}
         self._closes: dict[str, str | None] = {}  # session id -> close reason (None: release)
         self._work = asyncio.Event()
         self._room = asyncio.Event()
@@ -173,8 +174,22 @@ class PostgresStore:
         await self._room.wait()
 
     def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
-        self._sdk_ids[session_id] = sdk_session_id
+        self._meta.setdefault(session_id, {})["sdk_session_id"] = sdk_session_id
         self._wake_writer()
+
+    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
+        self._meta.setdefault(session_id, {})["spec"] = json.dumps(spec)
+        self._wake_writer()
+
+    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
+        return bool(
+            await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM awk_transcripts"
+                " WHERE project_key = $1 AND session_id = $2 AND subpath = '')",
+                project_key,
+                sdk_session_id,
+            )
+        )
 
     async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
         await self._pool.execute(
@@ -203,20 +218,21 @@ class PostgresStore:
             await self._work.wait()
             self._work.clear()
             batch, self._pending = self._pending, []
-            sdk_ids, self._sdk_ids = self._sdk_ids, {}
+            meta, self._meta = self._meta, {}
             closes, self._closes = self._closes, {}
             try:
                 try:
-                    lost = await self._commit(batch, sdk_ids, closes)
+                    lost = await self._commit(batch, meta, closes)
                 except TRANSIENT:
                     raise
                 except asyncpg.PostgresError as exc:
                     log.error("store_batch_refused", error=str(exc), events=len(batch))
-                    lost = await self._commit_each_session(batch, sdk_ids, closes)
+                    lost = await self._commit_each_session(batch, meta, closes)
             except Exception as exc:  # transient (or a bug): never let the writer die
                 # Keep everything, in order, and try again: nothing is published meanwhile.
                 self._pending[:0] = batch
-                self._sdk_ids = {**sdk_ids, **self._sdk_ids}
+                for session_id, fields in meta.items():  # newer notes win
+                    self._meta[session_id] = {**fields, **self._meta.get(session_id, {})}
                 self._closes = {**closes, **self._closes}
                 if self.healthy:
                     log.error("store_commit_failed", error=str(exc), pending_events=len(batch))
@@ -241,11 +257,14 @@ class PostgresStore:
                 self.on_session_lost(session_id)
             if len(self._pending) < self.config.max_pending_events:
                 self._room.set()
-            if not self._pending and not self._sdk_ids and not self._closes:
+            if not self._pending and not self._meta and not self._closes:
                 self._idle.set()
 
     async def _commit_each_session(
-        self, batch: list[_Pending], sdk_ids: dict[str, str], closes: dict[str, str | None]
+        self,
+        batch: list[_Pending],
+        meta: dict[str, dict[str, str]],
+        closes: dict[str, str | None],
     ) -> set[str]:
         """PostgreSQL refused a batch for good (not a connection problem): commit each
         session's share on its own, so one session's bad events cannot stall every other.
@@ -255,11 +274,11 @@ class PostgresStore:
         for item in batch:
             shares.setdefault(item.log.session_id, []).append(item)
         lost: set[str] = set()
-        for session_id in sorted(set(shares) | set(sdk_ids) | set(closes)):
+        for session_id in sorted(set(shares) | set(meta) | set(closes)):
             try:
                 lost |= await self._commit(
                     shares.get(session_id, []),
-                    {session_id: sdk_ids[session_id]} if session_id in sdk_ids else {},
+                    {session_id: meta[session_id]} if session_id in meta else {},
                     {session_id: closes[session_id]} if session_id in closes else {},
                 )
             except TRANSIENT:
@@ -270,14 +289,17 @@ class PostgresStore:
         return lost
 
     async def _commit(
-        self, batch: list[_Pending], sdk_ids: dict[str, str], closes: dict[str, str | None]
+        self,
+        batch: list[_Pending],
+        meta: dict[str, dict[str, str]],
+        closes: dict[str, str | None],
     ) -> set[str]:
         """Store a batch in one transaction; returns the sessions this host no longer owns
         (their events are not stored)."""
         last: dict[str, int] = {}
         for item in batch:
             last[item.log.session_id] = item.seq
-        touched = sorted(set(last) | set(sdk_ids) | set(closes))
+        touched = sorted(set(last) | set(meta) | set(closes))
         if not touched:
             return set()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -289,14 +311,16 @@ class PostgresStore:
                     "UPDATE awk_sessions s SET"
                     " last_seq = GREATEST(s.last_seq, COALESCE(v.last_seq, 0)),"
                     " sdk_session_id = COALESCE(v.sdk_session_id, s.sdk_session_id),"
+                    " spec = COALESCE(v.spec::jsonb, s.spec),"
                     " updated_at = now()"
-                    " FROM unnest($1::text[], $2::bigint[], $3::text[])"
-                    "   AS v(id, last_seq, sdk_session_id)"
-                    " WHERE s.id = v.id AND s.owner = $4 AND s.state = 'open'"
+                    " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])"
+                    "   AS v(id, last_seq, sdk_session_id, spec)"
+                    " WHERE s.id = v.id AND s.owner = $5 AND s.state = 'open'"
                     " RETURNING s.id",
                     touched,
                     [last.get(s) for s in touched],
-                    [sdk_ids.get(s) for s in touched],
+                    [meta.get(s, {}).get("sdk_session_id") for s in touched],
+                    [meta.get(s, {}).get("spec") for s in touched],
                     self.node_id,
                 )
             }
@@ -398,7 +422,6 @@ class PostgresStore:
             spec=json.loads(row["spec"]),
             sdk_session_id=row["sdk_session_id"],
             last_seq=last_seq,
-            frames=[(e["seq"], stored_frame(e["seq"], e["name"], e["data"])) for e in events],
             events=[(e["name"], json.loads(e["data"])) for e in events],
         )
 

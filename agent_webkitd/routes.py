@@ -191,8 +191,9 @@ def subscriber_id(request: web.Request) -> str | None:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    sessions = request.app[SUPERVISOR].sessions.values()
-    return json_response({"sessions": [s.describe(full=False) for s in sessions]})
+    supervisor = request.app[SUPERVISOR]
+    sessions = [s.describe(full=False) for s in supervisor.sessions.values()]
+    return json_response({"sessions": sessions, **supervisor.counts()})
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
@@ -206,7 +207,7 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return json_response({"ok": True, "live_sessions": len(request.app[SUPERVISOR].sessions)})
+    return json_response({"ok": True, **request.app[SUPERVISOR].counts()})
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:

@@ -1,10 +1,19 @@
-"""A Session: one ClaudeSDKClient (one CLI process), its inbound queue and its event log.
+"""A Session: the conversation (event log, inbound queue, settings, Claude session id)
+and, while it has one, the CLI process serving it (an Agent, agent.py).
 
-One runner task owns the client from `connect()` to `disconnect()` (the SDK's anyio task
-group must be entered and left in the same task). Beside it, a reader task translates
-SDK messages through the Bridge, and a turn task sends queued user messages one at a
-time, each only after the previous turn's `result`. Control inputs (interrupt, decisions,
-mode and model changes) bypass the queue and go to the SDK at once.
+The CLI is a cache of the conversation. A session idle for `hibernate_after_s`
+hibernates: its CLI stops cleanly and its streams stay open. The next user message wakes
+it: a new CLI resumes the conversation (`resume=<claude session id>`, same cwd, the
+model and permission mode last set) and the queued turns run. A CLI that dies on its
+own is reported (`error agent_exited`) and the session hibernates, so the next message
+resumes the conversation up to the last completed turn; more than three such exits in
+ten minutes close the session as a crash loop.
+
+One lifecycle task runs while the session has (or is getting) a CLI: wake, serve turns,
+stop; it loops while messages wait. Beside it a turn task sends queued user messages one
+at a time, each after the previous turn's `result`. Control inputs (interrupt, decisions,
+mode and model changes) bypass the queue and go to the CLI at once, or are remembered
+for the next wake.
 """
 
 from __future__ import annotations
@@ -12,22 +21,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from claude_agent_sdk import (
-    ClaudeAgentOptions,
-    ClaudeSDKClient,
-    CLIJSONDecodeError,
-    ProcessError,
-)
-from claude_agent_sdk._errors import MessageParseError
+from claude_agent_sdk import ClaudeAgentOptions, project_key_for_directory
 
 from . import wire
+from .agent import (
+    Agent,
+    AgentExit,
+    AgentStartFailed,
+    RestartIntensity,
+    cli_config_dir,
+    cli_transcript_exists,
+)
+from .agentslots import AgentSlots
 from .bridge import Bridge
 from .config import AgentConfig
 from .errors import ApiError, unavailable
@@ -35,7 +46,6 @@ from .eventlog import EventLog
 from .metrics import Metrics
 from .store import ClaimedSession, Store
 
-STDERR_TAIL_LINES = 40
 # Events that settle a permission_request or ask_user_question.
 DECISION_ENDINGS = (
     "permission_resolved",
@@ -43,7 +53,8 @@ DECISION_ENDINGS = (
     "permission_expired",
     "permission_cancelled",
 )
-INTERRUPT_ON_CLOSE_TIMEOUT_S = 2.0
+# States in which no turn was under way.
+SETTLED_STATES = ("idle", "hibernated", "closed")
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,8 @@ class SessionSpec:
     permission_timeout_s: float
 
 
-class AgentStartFailed(Exception):
-    def __init__(self, message: str, stderr_tail: str) -> None:
-        super().__init__(message)
-        self.stderr_tail = stderr_tail
+class WakeFailed(Exception):
+    """The conversation cannot be restored (the CLI fails, or its transcript is gone)."""
 
 
 class Session:
@@ -71,56 +80,71 @@ class Session:
         spec: SessionSpec,
         store: Store,
         metrics: Metrics,
+        slots: AgentSlots,
         on_closed: Callable[[Session], None],
         claimed: ClaimedSession | None = None,
     ) -> None:
         self.id = claimed.session_id if claimed else str(uuid.uuid4())
-        self._on_closed = on_closed
         self.spec = spec
-        self.metrics = metrics
         self.store = store
+        self.metrics = metrics
+        self._slots = slots
+        self._on_closed = on_closed
         self.claimed = claimed
         self.log = EventLog(self.id, spec.ring_size, store, claimed.last_seq if claimed else 0)
-        if claimed:
-            self.log.load(claimed.frames)
         self.bridge = Bridge(
-            self.id, self.emit, self._emit_state, spec.permission_timeout_s, metrics
+            self.id, self.emit, self._emit_live_state, spec.permission_timeout_s, metrics
         )
         self.state = "starting"
+        # The settings a (re)started CLI gets: as created, then as last set.
+        self.model = spec.model
+        self.permission_mode = spec.permission_mode
+        self.claude_session_id = claimed.sdk_session_id if claimed else None
         self.created_at = time.time()
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # any sign of life, streams included
+        self.last_used = self.last_activity  # inputs, turns, decisions: what hibernation counts
         self.subscribers = 0
         self.close_reason: str | None = None
         self.logger = structlog.get_logger(__name__).bind(session_id=self.id)
         self._inbox: asyncio.Queue[wire.UserMessage] = asyncio.Queue(spec.inbound_queue_size)
-        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._client: ClaudeSDKClient | None = None
-        self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._stop = asyncio.Event()
+        self._agent: Agent | None = None  # the CLI serving turns
+        self._starting: Agent | None = None  # a CLI being started
+        self._lifecycle: asyncio.Task[None] | None = None
+        self._turns: asyncio.Task[None] | None = None
         self._turn_done = asyncio.Event()
         self._in_turn = False
         self._cancelling = False
-        self._runner: asyncio.Task[None] | None = None
+        self._hibernating = False  # this CLI is stopping to hibernate
+        self._closing = False
+        self._closed = False
         self._release = False  # closing hands the session to another host instead
-        self._sdk_session_id = claimed.sdk_session_id if claimed else None
+        self._exits = RestartIntensity()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the CLI and connect; raises AgentStartFailed if it cannot."""
-        self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
-        await self._connected
+        """Create: start the CLI and connect (raises AgentStartFailed, or 503 agents_busy).
+        A session taken over from another host starts hibernated instead."""
         if self.claimed:
             self._settle_claimed(self.claimed)
-        else:
-            self.emit(
-                "session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION}
-            )
-        self._emit_state()
+            return
+        await self._slots.acquire(self, wait=False)
+        try:
+            agent = await self._launch(resume=None)
+        except AgentStartFailed:
+            self._slots.release(self)
+            self.log.close()
+            raise
+        self.emit(
+            "session_ready", {"session_id": self.id, "protocol_version": wire.PROTOCOL_VERSION}
+        )
+        self._agent = agent  # close() finds it before the lifecycle task runs
+        self._lifecycle = asyncio.create_task(self._live(agent), name=f"session-{self.id}")
 
     def _settle_claimed(self, claimed: ClaimedSession) -> None:
         """The host that died may have left a turn running and decisions open: their CLI
-        is gone, so withdraw each decision and end the turn, in the stream, for everyone."""
+        is gone, so withdraw each decision and end the turn, in the stream, for everyone.
+        The session then sleeps here until its next message wakes it."""
         pending: dict[str, None] = {}
         state = "idle"
         for name, data in claimed.events:
@@ -130,9 +154,12 @@ class Session:
                 pending.pop(data.get("correlation_id", ""), None)
             elif name == "session_state":
                 state = data.get("state", state)
+            elif name == "result" and isinstance(data.get("total_cost_usd"), int | float):
+                self.bridge.restore_cost(data["total_cost_usd"])
         for correlation_id in pending:
             self.emit("permission_cancelled", {"correlation_id": correlation_id})
-        if state not in ("idle", "closed"):
+        turn_lost = state not in SETTLED_STATES
+        if turn_lost:
             self.emit(
                 "error",
                 {
@@ -141,28 +168,256 @@ class Session:
                     " The conversation up to the last completed turn is kept: send the message again",
                 },
             )
-        self.state = "starting"  # so _emit_state announces idle
+        self.state = state
+        self._set_state("hibernated")
         self.logger.info(
             "session_claimed",
             last_seq=claimed.last_seq,
-            turn_lost=state not in ("idle", "closed"),
+            turn_lost=turn_lost,
             decisions_withdrawn=len(pending),
             resumed=claimed.sdk_session_id is not None,
         )
 
     async def close(self, reason: str, *, release: bool = False) -> None:
-        """Disconnect the client (the CLI process ends), end every stream with `done`.
-        `release`: leave the session open in the store for another host to claim; its
-        streams end without `done` so clients reconnect."""
-        self._release = release
-        self._stop_because(reason)
-        if self._runner is not None:
-            await asyncio.shield(self._runner)
-
-    def _stop_because(self, reason: str) -> None:
+        """End the session: stop its CLI, end every stream with `done`. `release`: leave
+        it open in the store for another host to claim; its streams end without `done`
+        so clients reconnect."""
         if self.close_reason is None:
             self.close_reason = reason
-        self._stop.set()
+        self._release = release
+        self._closing = True
+        task = self._lifecycle
+        if task is None:
+            await self._finish_close()
+            return
+        agent = self._agent or self._starting
+        if agent is not None:
+            agent.stop(interrupt=self._in_turn)
+        else:  # waiting for a slot: nothing to stop yet
+            task.cancel()
+        await asyncio.wait({task})
+        await self._finish_close()  # if the task was cancelled before it could
+
+    async def _finish_close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bridge.cancel_pending()
+        self.state = "closed"
+        if self._release:
+            await self.store.release(self.id)
+            self.log.fence()
+        else:
+            self.emit("session_state", {"state": "closed"})
+            self.emit("done", {})
+            await self.store.session_closed(self.id, self.close_reason or "closed")
+            self.log.close()
+        self._on_closed(self)
+        self.logger.info("session_closed", reason=self.close_reason, released=self._release)
+
+    async def _live(self, agent: Agent | None) -> None:
+        """The lifecycle task: serve with this CLI (or wake one), until it stops; again
+        while messages wait."""
+        try:
+            while not self._closing:
+                if agent is None:
+                    agent = await self._wake()
+                    if agent is None:
+                        break
+                await self._serve(agent)
+                agent = None
+                if self._inbox.empty():
+                    break
+        finally:
+            self._lifecycle = None
+            if self._closing:
+                await self._finish_close()
+
+    async def _wake(self) -> Agent | None:
+        """Start a CLI that resumes the conversation; None if it cannot be restored
+        (reported as `error wake_failed`; the queued messages are dropped)."""
+        self._set_state("waking")
+        started = time.monotonic()
+        await self._slots.acquire(self, wait=True)  # close() may cancel this wait
+        try:
+            agent = await self._launch(resume=self.claude_session_id)
+        except (AgentStartFailed, WakeFailed) as exc:
+            self._slots.release(self)
+            self._wake_failed(exc)
+            return None
+        except BaseException:  # cancelled by close() before the CLI started
+            self._slots.release(self)
+            raise
+        wake_s = time.monotonic() - started
+        self.metrics.wakes.inc({"outcome": "ok"})
+        self.metrics.wake_seconds.observe({}, wake_s)
+        self.logger.info("session_woken", wake_s=round(wake_s, 3), queued=self._inbox.qsize())
+        return agent
+
+    def _wake_failed(self, exc: Exception) -> None:
+        unsent = self._inbox.qsize()
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        tail = getattr(exc, "stderr_tail", "")
+        message = (
+            f"the conversation could not be resumed: {exc}"
+            f"{f'; stderr: {tail[-2000:]}' if tail else ''}"
+            f"; {unsent} queued message(s) not sent"
+        )
+        self.metrics.wakes.inc({"outcome": "failed"})
+        self.logger.warning("wake_failed", error=str(exc), unsent=unsent)
+        self.emit("error", {"code": "wake_failed", "message": message, "unsent_messages": unsent})
+        self._set_state("hibernated")
+
+    async def _launch(self, resume: str | None) -> Agent:
+        """Start a CLI process (at most a few at a time); raises AgentStartFailed, or
+        WakeFailed when the transcript to resume is gone: never a silent fresh start."""
+        if resume is not None and not await self._transcript_exists(resume):
+            raise WakeFailed(f"the transcript of conversation {resume} is gone")
+        agent = Agent(self._options(resume), self._on_message, self.logger)
+        async with self._slots.starting():
+            self._starting = agent  # from here close() stops the agent instead of cancelling
+            try:
+                spawn_s = await agent.start()
+                await self._apply_settings(agent)
+            finally:
+                self._starting = None
+        self.metrics.cli_spawn.observe({}, spawn_s)
+        self.logger.info("agent_started", spawn_s=round(spawn_s, 3), resumed=resume is not None)
+        return agent
+
+    async def _transcript_exists(self, claude_session_id: str) -> bool:
+        cwd = self.spec.cwd
+        if await self.store.transcript_stored(project_key_for_directory(cwd), claude_session_id):
+            return True
+        config_dir = cli_config_dir(self.spec.agent.env)
+        return await asyncio.to_thread(cli_transcript_exists, config_dir, cwd, claude_session_id)
+
+    def _options(self, resume: str | None) -> ClaudeAgentOptions:
+        agent = self.spec.agent
+        transcripts = self.store.sdk_session_store()
+        return ClaudeAgentOptions(
+            # With a durable store the CLI mirrors its transcript there, so any host can
+            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
+            session_store=transcripts,
+            session_store_flush="eager" if transcripts else "batched",
+            resume=resume,
+            cli_path=agent.cli_path or None,
+            model=self.model or None,
+            permission_mode=self.permission_mode,  # type: ignore[arg-type]
+            cwd=self.spec.cwd or None,
+            include_partial_messages=agent.include_partial_messages,
+            env=dict(agent.env),
+            can_use_tool=self.bridge.can_use_tool,
+        )
+
+    async def _serve(self, agent: Agent) -> None:
+        """Run turns on this CLI until it stops (hibernation, close) or exits."""
+        self._agent = agent
+        self._turns = asyncio.create_task(self._serve_turns(agent), name=f"turns-{self.id}")
+        self._emit_live_state()
+        exit_ = await agent.exited
+        if exit_ is not None:  # reported before the decisions it takes with it
+            self.emit("error", {"code": exit_.code, "message": exit_.message})
+        self._turns.cancel()
+        await asyncio.gather(self._turns, return_exceptions=True)
+        await agent.closed()  # the process is reaped; its callbacks are cancelled
+        self._agent = self._turns = None
+        self._slots.release(self)
+        aborted_turn = self._in_turn
+        self._in_turn = self._cancelling = False
+        self.bridge.process_ended()
+        if exit_ is not None:
+            self._agent_exited(exit_, aborted_turn)
+        if not self._closing:
+            self._hibernated()
+
+    async def _apply_settings(self, agent: Agent) -> None:
+        """A mode or model set while the CLI was starting: give it to the CLI now."""
+        options = agent.client.options
+        model, mode = options.model, str(options.permission_mode)
+        while (self.model, self.permission_mode) != (model, mode):
+            try:
+                if self.model != model:
+                    model = self.model
+                    await agent.client.set_model(model)
+                if self.permission_mode != mode:
+                    mode = self.permission_mode
+                    await agent.client.set_permission_mode(mode)  # type: ignore[arg-type]
+            except Exception as exc:  # the CLI keeps what it started with; say so
+                self.logger.warning("settings_not_applied", error=str(exc))
+                return
+
+    def _agent_exited(self, exit_: AgentExit, mid_turn: bool) -> None:
+        self.metrics.agent_exits.inc({})
+        self.logger.warning(
+            "agent_exited",
+            code=exit_.code,
+            exit_code=exit_.exit_code,
+            mid_turn=mid_turn,
+            message=exit_.message,
+        )
+        if self._exits.record():
+            self.logger.error("agent_crash_loop")
+            self.emit(
+                "error",
+                {
+                    "code": "crash_loop",
+                    "message": "the agent process exited more than 3 times in 10 minutes;"
+                    " the session is closed",
+                },
+            )
+            self.close_reason = "crash_loop"
+            self._closing = True
+
+    def _hibernated(self) -> None:
+        if self._hibernating:
+            self._hibernating = False
+            self.metrics.hibernations.inc({})
+            self.logger.info("session_hibernated", last_seq=self.log.last_seq)
+        self._set_state("hibernated")
+        if self.store.durable:
+            self.log.drop_ring()  # replay comes from the database meanwhile
+
+    # -- hibernation, as the Supervisor and the agent slots see it -----------------------
+
+    @property
+    def live(self) -> bool:
+        """A CLI is serving (or starting for) this session."""
+        return self._lifecycle is not None
+
+    def can_hibernate(self) -> bool:
+        """Idle with a CLI: no turn running or queued, no decision, no background task."""
+        agent = self._agent
+        return (
+            agent is not None
+            and self._turns is not None
+            and not agent.stopping
+            and not self.busy
+            and not self.bridge.decisions.pending
+            and not self.bridge.background_tasks
+            and not self._closing
+        )
+
+    def stopping(self) -> bool:
+        agent = self._agent
+        return agent is not None and agent.stopping
+
+    def request_hibernation(self) -> bool:
+        """Stop the CLI; the streams stay open. False if it is not idle."""
+        if not self.can_hibernate():
+            return False
+        assert self._agent is not None and self._turns is not None
+        # The turn task waits for the queue: stop it now, so a message that arrives
+        # while the CLI stops waits for the next wake instead of going to this CLI.
+        self._turns.cancel()
+        self._hibernating = True
+        self._agent.stop()
+        return True
+
+    def quiet_for(self) -> float:
+        """Seconds since it was last used, while it could hibernate (else 0)."""
+        return time.monotonic() - self.last_used if self.can_hibernate() else 0.0
 
     @property
     def busy(self) -> bool:
@@ -173,6 +428,9 @@ class Session:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def use(self) -> None:
+        self.last_used = self.last_activity = time.monotonic()
 
     def attach(self) -> None:
         self.subscribers += 1
@@ -199,8 +457,9 @@ class Session:
             "idle_for_s": round(self.idle_for(), 1),
             "subscribers": self.subscribers,
             "last_seq": self.log.published_seq,  # what a client can have seen
-            "model": self.spec.model,
-            "permission_mode": self.spec.permission_mode,
+            "model": self.model,
+            "permission_mode": self.permission_mode,
+            "claude_session_id": self.claude_session_id,
             "pending_decisions": (
                 [{"kind": d.kind, **d.request} for d in pending] if full else len(pending)
             ),
@@ -208,149 +467,50 @@ class Session:
 
     @property
     def closed(self) -> bool:
-        return self.log.closed
+        return self._closing or self.log.closed
 
-    def _options(self) -> ClaudeAgentOptions:
-        agent = self.spec.agent
-        transcripts = self.store.sdk_session_store()
-        return ClaudeAgentOptions(
-            # With a durable store the CLI mirrors its transcript there, so any host can
-            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
-            session_store=transcripts,
-            session_store_flush="eager" if transcripts else "batched",
-            resume=self.claimed.sdk_session_id if self.claimed else None,
-            cli_path=agent.cli_path or None,
-            model=self.spec.model or None,
-            permission_mode=self.spec.permission_mode,  # type: ignore[arg-type]
-            cwd=self.spec.cwd or None,
-            include_partial_messages=agent.include_partial_messages,
-            env=dict(agent.env),
-            can_use_tool=self.bridge.can_use_tool,
-            stderr=self._stderr.append,
-        )
+    # -- turns ------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        client = ClaudeSDKClient(self._options())
-        started = time.monotonic()
-        try:
-            await client.connect()
-        except Exception as exc:  # any failure to start is reported to the creator
-            self._connected.set_exception(AgentStartFailed(str(exc), self.stderr_tail()))
-            self.log.close()
-            return
-        self._client = client
-        spawn_s = time.monotonic() - started
-        self.metrics.cli_spawn.add({}, spawn_s)
-        self.logger.info("session_connected", spawn_s=round(spawn_s, 3))
-        self.touch()  # the idle clock starts once the CLI is up
-        self._connected.set_result(None)
-        reader = asyncio.create_task(self._read(client))
-        turns = asyncio.create_task(self._serve_turns(client))
-        try:
-            await self._stop.wait()
-        finally:
-            if self._in_turn and not reader.done():
-                await self._interrupt_before_close(client)
-            for task in (turns, reader):
-                task.cancel()
-            await asyncio.gather(turns, reader, return_exceptions=True)
-            self.bridge.cancel_pending()
-            # Bounded inside the SDK (stdin close, then SIGTERM, then SIGKILL); an asyncio
-            # timeout here could cut its kill escalation short and orphan the CLI.
-            await client.disconnect()
-            self._client = None
-            self._in_turn = False
-            self.state = "closed"
-            if self._release:
-                await self.store.release(self.id)
-                self.log.fence()
-            else:
-                self.emit("session_state", {"state": "closed"})
-                self.emit("done", {})
-                await self.store.session_closed(self.id, self.close_reason or "closed")
-                self.log.close()
-            self._on_closed(self)
-            self.logger.info("session_closed", reason=self.close_reason, released=self._release)
+    async def _on_message(self, message: Any) -> None:
+        """One SDK message from the CLI."""
+        await self.store.room()  # a database that lags pauses the CLI
+        if self.bridge.handle(message):
+            self._turn_done.set()
+        claude_session_id = self.bridge.claude_session_id
+        if claude_session_id and claude_session_id != self.claude_session_id:
+            self.claude_session_id = claude_session_id  # a resume may change it
+            self.store.note_sdk_session(self.id, claude_session_id)
 
-    async def _interrupt_before_close(self, client: ClaudeSDKClient) -> None:
-        """A CLI mid-turn would finish the turn (the model still generating) before it
-        notices stdin closing, so stop the turn first, while the reader still drains."""
-        try:
-            async with asyncio.timeout(INTERRUPT_ON_CLOSE_TIMEOUT_S):
-                await client.interrupt()
-        except Exception as exc:  # the CLI may already be gone; disconnect copes
-            self.logger.debug("interrupt_on_close_failed", error=str(exc))
-
-    async def _read(self, client: ClaudeSDKClient) -> None:
-        """Translate SDK messages until the CLI goes away; then close the session."""
-        error: dict[str, str] | None = None
-        while error is None:
-            try:
-                async for message in client.receive_messages():
-                    await self.store.room()  # a database that lags pauses the CLI
-                    if self.bridge.handle(message):
-                        self._turn_done.set()
-                    if self.bridge.claude_session_id != self._sdk_session_id:
-                        self._sdk_session_id = self.bridge.claude_session_id
-                        if self._sdk_session_id:
-                            self.store.note_sdk_session(self.id, self._sdk_session_id)
-                error = {
-                    "code": "agent_exited",
-                    "message": self._exit_message("the agent process exited (code 0)"),
-                }
-            except MessageParseError as exc:
-                self.logger.warning("sdk_message_unparseable", error=str(exc))
-            except ProcessError as exc:
-                error = {
-                    "code": "agent_exited",
-                    "message": self._exit_message(
-                        f"the agent process exited (code {exc.exit_code})"
-                    ),
-                }
-            except CLIJSONDecodeError as exc:
-                error = {
-                    "code": "agent_protocol_error",
-                    "message": self._exit_message(
-                        f"unreadable output from the agent: {str(exc)[:300]}"
-                    ),
-                }
-            except Exception as exc:  # the SDK's reader failed: the session cannot go on
-                error = {
-                    "code": "agent_exited",
-                    "message": self._exit_message(f"{type(exc).__name__}: {exc}"),
-                }
-        self.logger.warning("agent_failed", code=error["code"], message=error["message"])
-        self.emit("error", error)
-        self._stop_because("error")
-
-    async def _serve_turns(self, client: ClaudeSDKClient) -> None:
+    async def _serve_turns(self, agent: Agent) -> None:
         while True:
             message = await self._inbox.get()
             self._turn_done.clear()
             self._in_turn = True
-            self._emit_state()
+            self._emit_live_state()
             started = time.monotonic()
             try:
-                await client.query(_prompt(message.content))
-            except Exception as exc:  # the CLI is gone; the reader reports why
+                await agent.client.query(_prompt(message.content))
+            except Exception as exc:  # the CLI is gone; its exit is reported
                 self.logger.warning("query_failed", error=str(exc))
                 return
             await self._turn_done.wait()
-            self.metrics.turn_duration.add({}, time.monotonic() - started)
+            self.metrics.turn_duration.observe({}, time.monotonic() - started)
             self._in_turn = False
             self._cancelling = False
+            self.use()
             if self._inbox.empty():
-                self._emit_state()
+                self._emit_live_state()
+                self._slots.offer()  # a wake waiting for a CLI may have this one
 
     # -- inputs -----------------------------------------------------------------------
 
     async def handle_input(
         self, message: wire.Inbound, allowed_modes: tuple[str, ...], subscriber: str | None
     ) -> None:
-        if self.closed or self._client is None:
+        if self.closed:
             raise ApiError(404, "not_found", f"session {self.id!r} is closed")
-        self.touch()
-        client = self._client
+        self.use()
+        agent = self._agent
         match message:
             case wire.UserMessage():
                 try:
@@ -359,20 +519,33 @@ class Session:
                     raise unavailable(
                         "backpressure", "too many queued messages for this session; retry later", 2
                     ) from None
+                if self._lifecycle is None:  # hibernated: wake up
+                    self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
             case wire.PermissionResponse() | wire.QuestionResponse():
                 self.bridge.reply(message, subscriber)
             case wire.SetPermissionMode(mode=mode):
                 wire.check_mode_allowed(mode, allowed_modes)
-                await _control(client.set_permission_mode(mode))  # type: ignore[arg-type]
+                if agent is not None:
+                    await _control(agent.client.set_permission_mode(mode))  # type: ignore[arg-type]
+                self.permission_mode = mode  # without a CLI: for the next wake
+                self.store.note_spec(self.id, self._spec_record())
             case wire.SetModel(model=model):
-                await _control(client.set_model(model))
+                if agent is not None:
+                    await _control(agent.client.set_model(model))
+                self.model = model
+                self.store.note_spec(self.id, self._spec_record())
             case wire.StopTask(task_id=task_id):
-                await _control(client.stop_task(task_id))
+                if agent is not None:
+                    await _control(agent.client.stop_task(task_id))
             case wire.Interrupt():
-                if self._in_turn:
+                if self._in_turn and agent is not None:
                     self._cancelling = True
-                    self._emit_state()
-                    await _control(client.interrupt())
+                    self._emit_live_state()
+                    await _control(agent.client.interrupt())
+
+    def _spec_record(self) -> dict[str, Any]:
+        """What the store keeps of the session's settings (another host wakes it with them)."""
+        return {"model": self.model, "permission_mode": self.permission_mode, "cwd": self.spec.cwd}
 
     # -- events and state -------------------------------------------------------------
 
@@ -382,8 +555,15 @@ class Session:
         self.metrics.events_appended.inc({})
         return self.log.append(name, data)
 
-    def _emit_state(self) -> None:
-        if not self._connected.done() or self.log.closed:
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.use()
+            self.state = state
+            self.emit("session_state", {"state": state})
+
+    def _emit_live_state(self) -> None:
+        """The state of a session with a CLI, from its turn and decisions."""
+        if self._agent is None or self._closing:
             return
         if not self._in_turn:
             state = "idle"
@@ -393,17 +573,7 @@ class Session:
             state = "awaiting_decision"
         else:
             state = "running"
-        if state != self.state:
-            self.touch()
-            self.state = state
-            self.emit("session_state", {"state": state})
-
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
-
-    def _exit_message(self, head: str) -> str:
-        tail = self.stderr_tail()
-        return f"{head}; stderr: {tail[-2000:]}" if tail else head
+        self._set_state(state)
 
 
 async def _control(request: Awaitable[None]) -> None:

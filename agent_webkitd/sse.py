@@ -40,6 +40,8 @@ def resolve_start(log: EventLog, cursor: int | None, *, durable: bool = False) -
     """The seq after which to start sending; ApiError 412 if it cannot be honoured
     (with a `durable` store, only a cursor beyond the newest event is refused)."""
     if cursor is None:
+        if durable:  # a ring's worth, whether or not it is still in memory
+            return max(0, log.published_seq - log.ring_size)
         return min(log.first_seq - 1, log.published_seq)
     try:
         log.check_cursor(cursor, durable=durable)

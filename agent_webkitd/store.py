@@ -3,7 +3,7 @@ Supervisor/EventLog and durable storage.
 
 The memory store keeps nothing beyond each session's ring (the ring is the store): it
 publishes every event at once, a cursor older than the ring gets 412, and a session
-dies with its process. The Postgres store (pgstore.py) commits events before publishing
+dies with its process. Transcripts are then the CLI's own files under its config dir. The Postgres store (pgstore.py) commits events before publishing
 them, replays from the database, and lets another host claim a session whose owner died.
 """
 
@@ -27,8 +27,7 @@ class ClaimedSession:
     spec: dict[str, Any]  # what the session was created with (model, permission_mode, cwd)
     sdk_session_id: str | None  # the Claude session to resume, if a turn ever started
     last_seq: int
-    frames: list[tuple[int, bytes]]  # the newest published events, oldest first
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # same, decoded
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # the newest ones
 
 
 class SessionOwnedElsewhere(Exception):
@@ -67,6 +66,14 @@ class Store(Protocol):
 
     def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
         """The Claude session id a later resume needs."""
+        ...
+
+    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
+        """The session's settings as last set (model, permission_mode, cwd)."""
+        ...
+
+    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
+        """Whether this store holds the transcript of that Claude session."""
         ...
 
     async def session_closed(self, session_id: str, reason: str) -> None: ...
@@ -114,6 +121,12 @@ class MemoryStore:
 
     def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
         pass
+
+    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
+        pass
+
+    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
+        return False  # the CLI keeps its own files
 
     async def session_closed(self, session_id: str, reason: str) -> None:
         pass

@@ -3,7 +3,8 @@ capacity and the drain.
 
 It runs two small periodic tasks: the keepalive ticker that pulses every session's
 event log (so idle SSE subscribers write `: keepalive` without a timer of their own),
-and the idle sweep that evicts sessions idle past `idle_timeout_s`.
+and the idle sweep that hibernates sessions quiet past `hibernate_after_s` and evicts
+those idle past `idle_timeout_s`. The cap on CLI processes is the AgentSlots'.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 import structlog
 
 from . import wire
+from .agent import AgentStartFailed
+from .agentslots import AgentSlots
 from .config import Config
 from .errors import ApiError, bad_request, not_found, unavailable
 from .metrics import Metrics
-from .session import AgentStartFailed, Session, SessionSpec
+from .session import Session, SessionSpec
 from .store import ClaimedSession, SessionOwnedElsewhere, Store
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,9 @@ class Supervisor:
         self.store = store
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        self.slots = AgentSlots(
+            config.sessions.live_agents_cap, config.sessions.max_concurrent_starts
+        )
         self.draining = False
         self._starting = 0  # creations in flight, reserved against the cap
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,7 +96,8 @@ class Supervisor:
 
     async def _idle_sweep(self) -> None:
         timeout = self.config.sessions.idle_timeout_s
-        period = min(IDLE_SWEEP_S, timeout / 4)
+        hibernate_after = self.config.sessions.hibernate_after_s
+        period = min(IDLE_SWEEP_S, timeout / 4, (hibernate_after or IDLE_SWEEP_S) / 4)
         while True:
             await asyncio.sleep(period)
             for session in list(self.sessions.values()):
@@ -98,6 +105,8 @@ class Supervisor:
                 if idle >= timeout:
                     session.logger.info("session_idle_evicted", idle_for_s=round(idle, 1))
                     self._close_in_background(session, "idle")
+                elif hibernate_after and session.quiet_for() >= hibernate_after:
+                    session.request_hibernation()
 
     def _admit(self) -> None:
         """Raise 503 unless this host can take one more session."""
@@ -133,7 +142,7 @@ class Supervisor:
         cwd = self._resolve_cwd(request.cwd)
         self._admit()
         spec = self._spec(request.model, mode, cwd)
-        session = Session(spec, self.store, self.metrics, self._forget)
+        session = Session(spec, self.store, self.metrics, self.slots, self._forget)
         self._starting += 1
         try:
             try:
@@ -155,6 +164,10 @@ class Supervisor:
     async def _start(self, session: Session) -> None:
         try:
             await session.start()
+        except ApiError as exc:  # no CLI can be had now (agents_busy)
+            self.metrics.capacity_rejections.inc({"reason": exc.code})
+            await self.store.session_closed(session.id, "error")
+            raise
         except AgentStartFailed as exc:
             session.logger.warning("agent_start_failed", error=str(exc))
             if session.claimed:  # not this host's to end: let another host try
@@ -203,7 +216,12 @@ class Supervisor:
             if claimed is None:
                 raise not_found(session_id)
             session = Session(
-                self._claimed_spec(claimed), self.store, self.metrics, self._forget, claimed
+                self._claimed_spec(claimed),
+                self.store,
+                self.metrics,
+                self.slots,
+                self._forget,
+                claimed,
             )
             await self._start(session)
         finally:
@@ -259,10 +277,25 @@ class Supervisor:
             raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
         return real
 
+    def counts(self) -> dict[str, int]:
+        """How many sessions and CLI processes there are (GET /sessions, /healthz)."""
+        return {
+            "live_sessions": len(self.sessions),
+            "hibernated_sessions": sum(
+                1 for s in self.sessions.values() if s.state == "hibernated"
+            ),
+            "live_agents": self.slots.live,
+            "max_live_agents": self.slots.limit,
+            "waiting_for_agent": self.slots.waiting,
+        }
+
     def refresh_gauges(self) -> None:
         """Set the point-in-time gauges just before a scrape."""
         sessions = list(self.sessions.values())
-        self.metrics.sessions_live.set({}, len(sessions))
+        counts = self.counts()
+        self.metrics.sessions_live.set({}, counts["live_sessions"])
+        self.metrics.agents_live.set({}, counts["live_agents"])
+        self.metrics.sessions_hibernated.set({}, counts["hibernated_sessions"])
         self.metrics.subscribers_live.set({}, sum(s.subscribers for s in sessions))
         self.metrics.decisions_pending.set(
             {}, sum(len(s.bridge.decisions.pending) for s in sessions)

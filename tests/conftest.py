@@ -76,7 +76,8 @@ class Daemon:
                 "cli_path": str(SCRIPTED_CLI),
                 "cwd": str(default_cwd),
                 "allowed_cwd_roots": [str(self.sessions_root)],
-                "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl"},
+                # The CLI's own transcripts (a wake resumes from them) stay in the test's folder.
+                "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl", "CLAUDE_CONFIG_DIR": str(workdir / "claude-config")},
             },
             "logging": {"format": "json", "level": "debug"},
         }

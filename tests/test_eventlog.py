@@ -102,3 +102,18 @@ async def test_a_small_ring_wakes_subscribers_before_it_could_overflow_them() ->
     log.append("e", {})  # a quarter of the ring waiting: wake now, not at the interval's end
     await asyncio.sleep(0)
     assert waiter.done()
+
+
+async def test_a_dropped_ring_sends_readers_to_the_store_and_comes_back_for_new_events() -> None:
+    log = EventLog("s", 8, MemoryStore())
+    for i in range(3):
+        log.append("e", {"i": i})
+    log.drop_ring()  # a hibernated session whose store is durable
+    assert (log.last_seq, log.published_seq, log.first_seq) == (3, 3, 4)
+    with pytest.raises(CursorUnavailable):
+        log.frames_after(0, 10)
+    assert log.frames_after(3, 10) == []
+    assert log.append("e", {"i": 3}) == 4  # seqs go on; the ring holds what is new
+    assert [parse(f)[0] for f in log.frames_after(3, 10)] == [4]
+    with pytest.raises(CursorUnavailable):
+        log.frames_after(2, 10)

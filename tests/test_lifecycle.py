@@ -62,18 +62,29 @@ async def test_interrupt_while_a_permission_is_pending_withdraws_it(api: Api, da
     assert (await stream.until("result")).data["result"] == "echo: again"
 
 
-async def test_a_crashing_cli_ends_the_session_with_agent_exited_and_its_stderr(api: Api, daemon: Daemon) -> None:
+async def until_state(stream: Any, state: str, timeout: float = 15) -> list[Any]:
+    """Events up to and including session_state `state`."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await stream.next(timeout)
+            seen.append(event)
+            if event.name == "session_state" and event.data["state"] == state:
+                return seen
+
+
+async def test_a_crashing_cli_reports_agent_exited_with_its_stderr_and_the_session_lives_on(api: Api, daemon: Daemon) -> None:
     scenario = {"turns": [{"steps": [{"text": "starting"}, {"crash": {"exit_code": 3, "stderr": "boom: the disk is on fire"}}]}]}
     session_id, stream = await open_session(api, daemon, scenario)
     await api.say(session_id, "go")
-    error = await stream.until("error")
+    tail = await until_state(stream, "hibernated")
+    [error] = [e for e in tail if e.name == "error"]
     assert error.data["code"] == "agent_exited"
-    assert "3" in error.data["message"] and "the disk is on fire" in error.data["message"]
-    tail = await stream.rest()
-    assert tail[-1].name == "done"
-    assert await api.delete(session_id) == 404
-    status, _ = await api.send(session_id, {"type": "user_message", "content": "hello?"})
-    assert status == 404
+    assert "code 3" in error.data["message"] and "the disk is on fire" in error.data["message"]
+    assert "done" not in [e.name for e in tail] and daemon.orphans() == []
+    # The next message starts a CLI that resumes the conversation.
+    await api.say(session_id, "hello?")
+    assert (await stream.until("result")).data["result"] == "echo: hello?"
 
 
 async def test_a_crash_while_a_permission_is_pending_withdraws_it(api: Api, daemon: Daemon) -> None:
@@ -83,26 +94,45 @@ async def test_a_crash_while_a_permission_is_pending_withdraws_it(api: Api, daem
     # The CLI is killed from outside while it waits for the answer.
     for pid in daemon.orphans():
         os.kill(pid, signal.SIGKILL)
-    tail = await stream.rest()
-    assert [e.name for e in tail][-1] == "done"
-    assert any(e.name == "error" and e.data["code"] == "agent_exited" for e in tail)
+    tail = await until_state(stream, "hibernated")
+    names = [e.name for e in tail]
+    assert names.index("error") < names.index("permission_cancelled")
+    assert [e.data["code"] for e in tail if e.name == "error"] == ["agent_exited"]
     assert {"correlation_id": request.data["correlation_id"]} in [e.data for e in tail if e.name == "permission_cancelled"]
+    status, payload = await api.send(
+        session_id, {"type": "permission_response", "correlation_id": request.data["correlation_id"], "behavior": "allow"}
+    )
+    assert status == 409 and payload["error"]["code"] == "already_resolved"
 
 
 async def test_a_cli_that_exits_quietly_mid_turn_does_not_leave_the_session_hanging(api: Api, daemon: Daemon) -> None:
     session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"exit_quietly": True}]}]})
     await api.say(session_id, "go")
-    error = await stream.until("error")
-    assert error.data["code"] == "agent_exited"
-    assert (await stream.rest())[-1].name == "done"
+    tail = await until_state(stream, "hibernated")
+    assert [e.data["code"] for e in tail if e.name == "error"] == ["agent_exited"]
 
 
-async def test_a_stdout_line_over_the_sdk_buffer_limit_ends_the_session_with_an_error(api: Api, daemon: Daemon) -> None:
+async def test_a_stdout_line_over_the_sdk_buffer_limit_is_an_error_and_the_cli_is_replaced(api: Api, daemon: Daemon) -> None:
     session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"big_line": 2_000_000}, {"text": "after"}]}]})
     await api.say(session_id, "go")
-    error = await stream.until("error", timeout=15)
-    assert error.data["code"] == "agent_protocol_error"
-    assert (await stream.rest(timeout=15))[-1].name == "done"
+    tail = await until_state(stream, "hibernated")
+    assert [e.data["code"] for e in tail if e.name == "error"] == ["agent_protocol_error"]
+    assert daemon.orphans() == [], "the CLI that wrote the line is stopped"
+    await api.say(session_id, "still there?")
+    assert (await stream.until("result")).data["result"] == "echo: still there?"
+
+
+async def test_a_cli_that_keeps_crashing_closes_the_session_as_a_crash_loop(api: Api, daemon: Daemon) -> None:
+    scenario = {"turns": [{"steps": [{"crash": {"exit_code": 9, "stderr": "again"}}]}], "then": "repeat_last"}
+    session_id, stream = await open_session(api, daemon, scenario)
+    for _ in range(3):  # three exits in ten minutes are tolerated...
+        await api.say(session_id, "go")
+        await until_state(stream, "hibernated")
+    await api.say(session_id, "go")  # ...the fourth is a crash loop
+    tail = await stream.rest()
+    assert [e.data["code"] for e in tail if e.name == "error"] == ["agent_exited", "crash_loop"]
+    assert [e.name for e in tail][-2:] == ["session_state", "done"] and tail[-2].data == {"state": "closed"}
+    assert await api.delete(session_id) == 404
 
 
 async def test_delete_while_a_turn_runs_ends_the_cli_process(api: Api, daemon: Daemon) -> None:

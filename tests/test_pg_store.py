@@ -135,7 +135,7 @@ async def test_a_turn_running_on_a_dead_host_ends_with_turn_lost_and_its_decisio
 ) -> None:
     first = await start_daemon(pg_overrides(pg_dsn, tmp_path))
     second = await start_daemon(pg_overrides(pg_dsn, tmp_path))
-    cwd = first.session_dir({"turns": [{"steps": [WRITE]}]})
+    cwd = first.session_dir({"turns": [{"steps": [WRITE]}], "then": "repeat_last"})
     async with api_for(first) as api_a, api_for(second) as api_b:
         session_id = await api_a.create(cwd=str(cwd))
         stream = await api_a.open_stream(session_id, 0)
@@ -150,7 +150,7 @@ async def test_a_turn_running_on_a_dead_host_ends_with_turn_lost_and_its_decisio
         assert [(e.name, e.data) for e in settled] == [
             ("permission_cancelled", {"correlation_id": request.data["correlation_id"]}),
             ("error", {"code": "turn_lost", "message": settled[1].data["message"]}),
-            ("session_state", {"state": "idle"}),
+            ("session_state", {"state": "hibernated"}),  # until its next message wakes it here
         ]
         assert settled[0].id == (waiting.id or 0) + 1
         # The withdrawn decision cannot be answered any more; the session takes new turns.
@@ -158,7 +158,7 @@ async def test_a_turn_running_on_a_dead_host_ends_with_turn_lost_and_its_decisio
             "type": "permission_response", "correlation_id": request.data["correlation_id"],
             "behavior": "allow"})
         assert status == 409, body
-        # The new CLI runs the scenario from its start: the same tool asks again.
+        # The resumed CLI's next turn asks for the same tool again.
         await api_b.say(session_id, "again")
         again = await resumed.until("permission_request")
         assert again.data["correlation_id"] != request.data["correlation_id"]

@@ -7,10 +7,14 @@ user turn from a scenario. Stdlib only.
 
 Scenario: the JSON file named by $SCRIPTED_CLI_SCENARIO, else ./scenario.json, else echo.
 
-    {"turns": [{"steps": [...]}, ...], "then": "echo" | "repeat_last", "mcp": [...]}
+    {"turns": [{"steps": [...]}, ...], "then": "echo" | "repeat_last", "mcp": [...],
+     "on_start": {"delay": 0.5, "crash": {"exit_code": 7, "stderr": "..."}}}
 
-Turn i uses turns[i]; after that `then` decides (default "echo"). `mcp` (optional) is
-the initial `mcp_servers` list of system/init. Steps, run in order; when they are done
+Turn i uses turns[i] (a resumed session goes on counting from its transcript's turns);
+after that `then` decides (default "echo"). `mcp` (optional) is the initial `mcp_servers`
+list of system/init. `on_start` (optional) makes the CLI wait `delay` seconds before it
+answers `initialize`, or crash instead (it is read when the CLI starts, so a test can
+change it between starts). Steps, run in order; when they are done
 the turn ends with a `result` (subtype success) and session_state_changed idle:
 
     {"text": "hi", "delay": 0.05}     one assistant message with one text block; `delay`
@@ -50,7 +54,8 @@ would write there.
                        {"type": "transcript_mirror", "filePath", "entries"} frames: after each
                        assistant message, before the result, and after it (cost-state)
     --resume[=]<id>    continue the session in $CLAUDE_CONFIG_DIR/projects/*/<id>.jsonl:
-                       same session_id, its user and assistant turns are the model's history;
+                       same session_id, its user and assistant turns are the model's history,
+                       its turns count on (turns[i]) and so does its cost (cost-state);
                        with no such file the CLI answers `initialize` with an error result
                        ("No conversation found with session ID: <id>") and exits 1
 
@@ -148,6 +153,7 @@ class Scenario:
     turns: list[list[Frame]]
     then: str = "echo"
     mcp: list[Frame] = field(default_factory=list)
+    on_start: Frame = field(default_factory=dict)
 
     def steps(self, turn_index: int) -> list[Frame]:
         if turn_index < len(self.turns):
@@ -235,7 +241,10 @@ def load_scenario() -> Scenario:
     then = data.get("then", "echo")
     if then not in ("echo", "repeat_last"):
         raise ScenarioError(f"{path}: 'then' must be 'echo' or 'repeat_last', not {then!r}")
-    return Scenario(turns=turns, then=then, mcp=list(data.get("mcp", [])))
+    on_start = data.get("on_start", {})
+    if not isinstance(on_start, dict) or set(on_start) - {"crash", "delay"}:
+        raise ScenarioError(f"{path}: 'on_start' may only hold 'delay' and 'crash'")
+    return Scenario(turns=turns, then=then, mcp=list(data.get("mcp", [])), on_start=on_start)
 
 
 def step_kind(step: Any, kinds: tuple[str, ...], where: str) -> str:
@@ -381,6 +390,15 @@ class Transcript:
         if entry.get("type") in ("user", "assistant") and not entry.get("isSidechain"):
             self.leaf = entry.get("uuid")
 
+    def prompts(self) -> int:
+        """How many user turns the conversation has had (tool results are not turns)."""
+        return sum(1 for e in self.entries if e.get("type") == "user" and "promptId" in e)
+
+    def total_cost(self) -> float:
+        """The session's cost so far, as its last cost-state entry says."""
+        costs = [e.get("totalCostUSD") for e in self.entries if e.get("type") == "cost-state"]
+        return float(costs[-1]) if costs and isinstance(costs[-1], int | float) else 0.0
+
     def take_pending(self) -> list[Frame]:
         pending, self.pending = self.pending, []
         return pending
@@ -436,7 +454,9 @@ class ScriptedCli:
         self.inbox: queue.Queue[Frame | _Eof] = queue.Queue()
         self.queued_turns: deque[Frame] = deque()
         self.replies: dict[str, Frame] = {}
-        self.turns_started = 0
+        # A resumed session goes on where its transcript ends.
+        self.turns_started = self.transcript.prompts()
+        self.base_cost = self.transcript.total_cost()
         self.results_sent = 0
         self.last_result_is_error = False
         self.eof = False
@@ -482,6 +502,10 @@ class ScriptedCli:
         # raises ResultError instead of a bare ProcessError when it is still reading.
         return 1 if self.last_result_is_error else 0
 
+    def crash(self, crash: Frame) -> NoReturn:
+        sys.stderr.write(str(crash.get("stderr", "")) + "\n")
+        self.exit(int(crash.get("exit_code", 1)))
+
     def exit(self, code: int) -> NoReturn:
         self.log.write("exit", code=code)
         sys.stderr.flush()
@@ -502,6 +526,9 @@ class ScriptedCli:
     def handle_control_request(self, request_id: str, request: Frame) -> None:
         subtype = request.get("subtype")
         if subtype == "initialize":
+            time.sleep(float(self.scenario.on_start.get("delay", 0)))
+            if "crash" in self.scenario.on_start:
+                self.crash(self.scenario.on_start["crash"])
             if self.refused_resume:
                 self.refuse_resume()
             self.respond(request_id, self.initialize_response())
@@ -604,9 +631,7 @@ class ScriptedCli:
         elif kind == "sleep":
             self.wait(float(step["sleep"]))
         elif kind == "crash":
-            crash = step["crash"]
-            sys.stderr.write(str(crash.get("stderr", "")) + "\n")
-            self.exit(int(crash.get("exit_code", 1)))
+            self.crash(step["crash"])
         elif kind == "exit_quietly":
             self.exit(0)
         elif kind == "hang":
@@ -897,7 +922,7 @@ class ScriptedCli:
             "stop_reason": stop_reason,
             "session_id": self.session_id,
             # Cumulative for the session, like the real CLI.
-            "total_cost_usd": round(self.results_sent * COST_PER_TURN, 6),
+            "total_cost_usd": round(self.base_cost + self.results_sent * COST_PER_TURN, 6),
             "usage": {
                 "input_tokens": 12 * messages,
                 "cache_creation_input_tokens": 0,
