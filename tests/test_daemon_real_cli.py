@@ -9,6 +9,8 @@ API (tests/standin/fake_model.py), which replies by keywords ("write", "ask", "s
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -336,3 +338,96 @@ async def test_sigterm_refuses_new_sessions_with_503_draining_while_a_turn_runs(
                 stream.close()
             assert (status, error_code(payload)) == (503, "draining"), (status, payload)
             assert int(headers["Retry-After"]) >= 1
+
+
+# -- Hibernation with the real CLI (DESIGN.md §8) -------------------------------------------
+
+@pytest.fixture
+async def hibernating_daemon(start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path) -> Daemon:
+    overrides = {"sessions": {"hibernate_after_s": 1}, "server": {"keepalive_s": 0.5}}
+    return await start_real_daemon(start_daemon, fake_model_url, tmp_path, overrides)
+
+
+async def until_state(stream: Stream, state: str, timeout: float = EVENT_TIMEOUT_S) -> list[Event]:
+    start = len(stream.events)
+    async with asyncio.timeout(timeout):
+        while not ((e := await stream.next(timeout)).name == "session_state" and e.data["state"] == state):
+            pass
+    return stream.events[start:]
+
+
+def history_reply(events: list[Event]) -> str:
+    return text_of(named(events, "message_complete")[-1])
+
+
+async def test_a_hibernated_session_wakes_with_the_real_cli_and_the_model_sees_the_earlier_turns(
+    hibernating_daemon: Daemon, fake_model_url: str
+) -> None:
+    daemon = hibernating_daemon
+    async with client_for(daemon) as api:
+        session_id, stream = await open_session(api, daemon.session_dir())
+        await api.say(session_id, "remember the teapot")
+        await events_until(stream, "result")
+        await until_state(stream, "hibernated", timeout=5)
+        assert daemon.orphans() == [], "the CLI process of a hibernated session is gone"
+        keepalives = len(stream.comments)
+        with pytest.raises(TimeoutError):  # the stream stays open, with keepalives
+            await stream.next(1.2)
+        assert daemon.orphans() == [] and len(stream.comments) > keepalives
+
+        await api.say(session_id, "what is in the history?")
+        woken = await events_until(stream, "result")
+        assert [e.data["state"] for e in named(woken, "session_state")][:3] == ["waking", "idle", "running"]
+        assert history_reply(woken) == "I see 2 user messages: remember the teapot | what is in the history?"
+        assert_turn_succeeded(woken[-1], session_id)
+        assert [e.id for e in stream.events] == list(range(1, len(stream.events) + 1))
+    calls = await model_calls(fake_model_url)
+    turns = [m for m in calls[-1]["body"]["messages"] if m["role"] in ("user", "assistant")]
+    assert [m["role"] for m in turns] == ["user", "assistant", "user"]
+    assert "echo: remember the teapot" in json.dumps(turns[1])  # the earlier reply, too
+
+
+async def test_a_real_cli_killed_idle_or_mid_turn_is_replaced_and_the_conversation_goes_on(
+    real_daemon: Daemon,
+) -> None:
+    async with client_for(real_daemon) as api:
+        session_id, stream = await open_session(api, real_daemon.session_dir())
+        await api.say(session_id, "remember the teapot")
+        await events_until(stream, "result")
+        for pid in real_daemon.orphans():  # idle
+            os.kill(pid, signal.SIGKILL)
+        assert named(await until_state(stream, "hibernated"), "error")[0].data["code"] == "agent_exited"
+
+        await api.say(session_id, "slow please")
+        await stream.until("message_delta", EVENT_TIMEOUT_S)
+        for pid in real_daemon.orphans():  # mid-turn
+            os.kill(pid, signal.SIGKILL)
+        cut = await until_state(stream, "hibernated")
+        assert [e.data["code"] for e in named(cut, "error")] == ["agent_exited"]
+        assert named(cut, "result") == []
+
+        await api.say(session_id, "what is in the history?")
+        after = await events_until(stream, "result")
+        assert history_reply(after).startswith("I see 3 user messages: remember the teapot | slow please")
+        assert_turn_succeeded(after[-1], session_id)
+
+
+async def test_a_real_cli_wake_whose_transcript_was_removed_is_wake_failed_not_a_fresh_start(
+    hibernating_daemon: Daemon, fake_model_url: str, tmp_path: Path
+) -> None:
+    daemon = hibernating_daemon
+    async with client_for(daemon) as api:
+        session_id, stream = await open_session(api, daemon.session_dir())
+        await api.say(session_id, "remember the teapot")
+        await events_until(stream, "result")
+        await until_state(stream, "hibernated", timeout=5)
+        calls_before = len(await model_calls(fake_model_url))
+        _, session, _ = await api.request("GET", f"/sessions/{session_id}")
+        for path in (tmp_path / "claude-config" / "projects").glob(f"*/{session['claude_session_id']}.jsonl"):
+            path.unlink()
+
+        await api.say(session_id, "what is in the history?")
+        failed = await until_state(stream, "hibernated")
+        [error] = named(failed, "error")
+        assert error.data["code"] == "wake_failed" and error.data["unsent_messages"] == 1
+        assert len(await model_calls(fake_model_url)) == calls_before, "the model never saw a fresh start"

@@ -406,3 +406,48 @@ async def test_events_postgres_refuses_stop_their_session_only(
             await pool.execute("DROP TRIGGER refuse_poison ON awk_events")
             resumed = await stream_from(api, bad, last.id)
             assert (await resumed.next()).id == last.id + 1
+
+
+async def test_a_deploy_with_hibernated_sessions_loses_no_conversation(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    # The README's deploy sequence: SIGTERM the old daemon, start the new one.
+    overrides = pg_overrides(
+        pg_dsn, tmp_path, sessions={"hibernate_after_s": 0.5}, server={"drain_timeout_s": 60}
+    )
+    old = await start_daemon(overrides)
+    cwd = old.session_dir()
+    async with api_for(old) as api:
+        session_id = await api.create(cwd=str(cwd))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "remember the teapot")
+        seen = [await stream.next()] + await read_turn(stream)
+        hibernated = await stream.next(timeout=5)
+        assert (hibernated.name, hibernated.data) == ("session_state", {"state": "hibernated"})
+        seen.append(hibernated)
+        assert old.orphans() == []
+        # Its ring is dropped: a late reader is served from the database.
+        replay = await api.open_stream(session_id, 0)
+        replayed = [await replay.next() for _ in seen]
+        assert [(e.id, e.name, e.data) for e in replayed] == [(e.id, e.name, e.data) for e in seen]
+
+        assert old.proc is not None
+        old.proc.send_signal(signal.SIGTERM)
+        # Nothing to wait for: a hibernated session is released at once.
+        async with asyncio.timeout(5):
+            assert await asyncio.to_thread(old.proc.wait) == 0
+        assert "done" not in [e.name for e in await stream.rest(timeout=5)]
+
+    new = await start_daemon(overrides)
+    async with api_for(new) as api:
+        resumed = await api.open_stream(session_id, seen[-1].id)
+        await api.say(session_id, "what was it?")  # a claim is a wake
+        after = await read_turn(resumed)
+        assert [e.data["state"] for e in after if e.name == "session_state"][:2] == ["waking", "idle"]
+        ids = [e.id for e in seen + after]
+        assert ids == list(range(1, len(ids) + 1))
+        assert [m["text"] for m in model_views(cwd)[-1]] == [
+            "remember the teapot", "echo: remember the teapot", "what was it?",
+        ]
+        _, listing, _ = await api.request("GET", "/sessions")
+        assert [s["session_id"] for s in listing["sessions"]] == [session_id]
