@@ -381,11 +381,6 @@ class Session:
 
     # -- hibernation, as the Supervisor and the agent slots see it -----------------------
 
-    @property
-    def live(self) -> bool:
-        """A CLI is serving (or starting for) this session."""
-        return self._lifecycle is not None
-
     def can_hibernate(self) -> bool:
         """Idle with a CLI: no turn running or queued, no decision, no background task."""
         agent = self._agent

@@ -8,7 +8,7 @@ as fast as the CLI can, so the server is what is measured. Subscribers are raw-s
 clients in two worker processes (bench/subscribers.py), the same code for both servers.
 Measurements alternate between the servers (ours, peer, ours, peer, ...).
 
-Phases (all by default; `--only` picks some, `--no-scale` drops the last):
+Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibernate):
   fanout   1, 10, 100 subscribers on one session, one turn of K events: delivered
            events/s, turn-end latency p50/p99 (user message POST -> that subscriber's
            `result`), missing events, stalls; then the same with one subscriber that
@@ -22,6 +22,10 @@ Phases (all by default; `--only` picks some, `--no-scale` drops the last):
            (user message POST -> its `result`); the events table's on-disk size per 1000
            events, and the transcript tables' size
   scale    ours only: 1000 live sessions, one subscriber each, a short turn on every one
+  hibernate  ours only: 10,000 sessions with max_live_agents = 50, all hibernated, then a turn
+           on 1,000 random ones (bench/hibernation.py); the same with Postgres at 2,000
+  wake     ours only, the real bundled CLI + stand-in model: wake latency against a live
+           session plus a cold CLI start, and the CLI memory hibernation frees
 
 Raw results: bench/results/<timestamp>.json.
 """
@@ -51,12 +55,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import pgdb  # noqa: E402
+from bench import hibernation, pgdb  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "durable", "scale")
-OURS_ONLY = ("durable", "scale")  # phases that do not need the peer installed
+PHASES = ("fanout", "replay", "create", "memory", "durable", "scale", "hibernate", "wake")
+OURS_ONLY = ("durable", "scale", "hibernate", "wake")  # phases that do not need the peer installed
+LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -484,6 +489,12 @@ class Bench:
 
     # --- scale ----------------------------------------------------------------------
 
+    async def phase_hibernate(self) -> dict[str, Any]:
+        return await hibernation.phase_hibernate(self)
+
+    async def phase_wake(self) -> dict[str, Any]:
+        return await hibernation.phase_wake(self)
+
     async def phase_scale(self) -> dict[str, Any]:
         a = self.args
         n = a.scale_sessions
@@ -797,6 +808,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
         rows.append(("CLI stand-in RSS per session (MiB, not the server's)",
                      "-" if cpo is None else f"{cpo / 1024:.1f}", "-" if cpp is None else f"{cpp / 1024:.1f}", ""))
     rows += durable_rows(results.get("durable") or {}, args)
+    rows += hibernation.rows(results)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]
@@ -905,12 +917,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--quick", action="store_true", help="a smoke run in about a minute: smaller everything, turns capped at 5 s")
     p.add_argument("--only", default="", help=f"comma-separated phases: {', '.join(PHASES)}")
-    p.add_argument("--no-scale", action="store_true", help="skip the 1000-session scale phase")
+    p.add_argument("--no-scale", action="store_true", help="skip the large phases (scale, hibernate)")
     p.add_argument("--reps", type=int, help="fan-out repetitions (default 3, quick 1)")
     p.add_argument("--k", type=int, help="events per fan-out turn (default 2000, quick 300)")
     p.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts (default 1,10,100)")
     p.add_argument("--turn-timeout", type=float, help="cap on waiting for one turn, s (default 30, quick 5)")
     p.add_argument("--scale-sessions", type=int, help="sessions in the scale phase (default 1000, quick 30)")
+    p.add_argument("--hibernate-sessions", type=int, help="sessions in the hibernate phase (default 10000, quick 300)")
     p.add_argument("--workers", type=int, default=2, help="subscriber worker processes")
     p.add_argument("--pause-rcvbuf", type=int, default=0, help="SO_RCVBUF of the slow subscriber (0: the default)")
     p.add_argument("--pause-text", type=int, default=4000, help="characters of text per event in the slow-subscriber turn")
@@ -936,12 +949,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scale_events = 5
     args.scale_timeout = 180.0
     args.scale_create_parallel = 8
+    args.hibernate_sessions = args.hibernate_sessions or (300 if q else 10_000)
+    args.hibernate_pg_sessions = min(args.hibernate_sessions, 100 if q else 2000)
+    args.wake_sessions = min(args.hibernate_sessions, 100 if q else 1000)
+    args.wake_real_sessions = 2 if q else 5
+    args.wake_real_rounds = 2 if q else 4
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:
         p.error(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
-    if args.no_scale and "scale" in phases:
-        phases.remove("scale")
+    if args.no_scale:
+        phases = [x for x in phases if x not in LARGE]
     args.phases = phases
     return args
 

@@ -245,13 +245,14 @@ class Ours(Server):
     name = "ours"
 
     def __init__(self, tmp: Path, label: str, *, ring_size: int = 1000, max_sessions: int = 1100,
-                 store_dsn: str | None = None) -> None:
+                 store_dsn: str | None = None, sessions: dict[str, Any] | None = None,
+                 agent: dict[str, Any] | None = None) -> None:
         """`store_dsn`: keep events in that PostgreSQL database (`[store] backend = "postgres"`),
-        else in memory (the default store)."""
+        else in memory (the default store). `sessions`, `agent`: more keys for those tables."""
         super().__init__(tmp, label)
         self.ring_size = ring_size
         self.store = "postgres" if store_dsn else "memory"
-        default_cwd = self.tmp / "default-cwd"
+        default_cwd = self.default_cwd = self.tmp / "default-cwd"
         default_cwd.mkdir()
         from tests.standin.toml_writer import dump_toml
 
@@ -262,12 +263,14 @@ class Ours(Server):
                 "max_sessions": max_sessions,
                 "ring_size": ring_size,
                 "idle_timeout_s": 3600,
+                **(sessions or {}),
             },
             "agent": {
                 "cli_path": str(SCRIPTED_CLI),
                 "cwd": str(default_cwd),
                 "allowed_cwd_roots": [str(self.sessions_root)],
                 "include_partial_messages": True,
+                **(agent or {}),
             },
             "logging": {"level": "warning"},
         }

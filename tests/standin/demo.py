@@ -32,12 +32,14 @@ from tests.standin.toml_writer import dump_toml
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
+DEMO_HIBERNATE_AFTER_S = 30
 
 
 def daemon_toml(port: int, workdir: Path, cli_env: dict[str, str]) -> str:
     sections: dict[str, dict[str, Any]] = {
         "server": {"host": HOST, "port": port},
         "auth": {"disabled": True},  # the daemon allows this on a loopback address only
+        "sessions": {"hibernate_after_s": DEMO_HIBERNATE_AFTER_S},  # short, to see a wake
         "agent": {"cli_path": "", "cwd": str(workdir), "allowed_cwd_roots": [str(workdir)]},
         "agent.env": cli_env,
         "logging": {"format": "console", "level": "info"},
@@ -69,6 +71,13 @@ The stream shows `event: permission_request` with a correlation_id; approve it:
 
 Stop the stream (Ctrl-C) and resume after the last id you saw (say 14):
   curl -N -H 'Last-Event-ID: 14' {base}/sessions/$S/stream
+
+Leave the session idle for {DEMO_HIBERNATE_AFTER_S} s: the stream shows `session_state` hibernated and the
+CLI process ends (the stream stays open). The next message wakes it with its history:
+  curl -s {base}/sessions/$S | grep -o '"state":"[a-z_]*"'
+  curl -s -w '%{{http_code}}\n' -X POST {base}/sessions/$S/input \
+       -H 'Content-Type: application/json' \
+       -d '{{"type":"user_message","content":"what is in the history?"}}'
 
 End the session (open streams get `event: done`):
   curl -s -w '%{{http_code}}\\n' -X DELETE {base}/sessions/$S
