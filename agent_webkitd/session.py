@@ -315,7 +315,8 @@ class Session:
         """Run turns on this CLI until it stops (hibernation, close) or exits."""
         self._agent = agent
         self._turns = asyncio.create_task(self._serve_turns(agent), name=f"turns-{self.id}")
-        self._emit_live_state()
+        if self._inbox.empty():  # else a woken session goes from waking to running
+            self._emit_live_state()
         exit_ = await agent.exited
         if exit_ is not None:  # reported before the decisions it takes with it
             self.emit("error", {"code": exit_.code, "message": exit_.message})

@@ -94,7 +94,7 @@ async def test_an_idle_session_hibernates_keeps_its_stream_and_wakes_with_its_hi
         await api.say(session_id, "what was it?")
         assert time.monotonic() - started < 0.5, "the message is accepted at once, not after the wake"
         woken = await until_state(stream, "running")
-        assert states(woken) == ["waking", "idle", "running"]
+        assert states(woken) == ["waking", "running"]
         result = await stream.until("result")
         assert result.data["result"] == "echo: what was it?"
         assert model_views(cwd)[-1] == [

@@ -443,7 +443,7 @@ async def test_a_deploy_with_hibernated_sessions_loses_no_conversation(
         resumed = await api.open_stream(session_id, seen[-1].id)
         await api.say(session_id, "what was it?")  # a claim is a wake
         after = await read_turn(resumed)
-        assert [e.data["state"] for e in after if e.name == "session_state"][:2] == ["waking", "idle"]
+        assert [e.data["state"] for e in after if e.name == "session_state"][:2] == ["waking", "running"]
         ids = [e.id for e in seen + after]
         assert ids == list(range(1, len(ids) + 1))
         assert [m["text"] for m in model_views(cwd)[-1]] == [
