@@ -39,7 +39,7 @@ class Metrics:
         )
         self.sessions_evicted = Counter(
             "agent_webkit_sessions_evicted_total",
-            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), error (it could not start), drain (shutdown), lost (claimed by another host).",
+            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), drain (shutdown), lost (claimed by another host).",
             registry=r,
         )
         self.agents_live = Gauge(

@@ -162,6 +162,7 @@ class Supervisor:
         return session
 
     async def _start(self, session: Session) -> None:
+        """Start a new session's CLI (a claimed one starts hibernated) and register it."""
         try:
             await session.start()
         except ApiError as exc:  # no CLI can be had now (agents_busy)
@@ -170,10 +171,7 @@ class Supervisor:
             raise
         except AgentStartFailed as exc:
             session.logger.warning("agent_start_failed", error=str(exc))
-            if session.claimed:  # not this host's to end: let another host try
-                await self.store.release(session.id)
-            else:
-                await self.store.session_closed(session.id, "error")
+            await self.store.session_closed(session.id, "error")
             tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
             raise ApiError(
                 502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
