@@ -263,6 +263,7 @@ class Ours(Server):
                 "max_sessions": max_sessions,
                 "ring_size": ring_size,
                 "idle_timeout_s": 3600,
+                "hibernate_after_s": 0,  # the other phases measure live sessions
                 **(sessions or {}),
             },
             "agent": {
