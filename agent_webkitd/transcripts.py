@@ -12,10 +12,9 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
-from claude_agent_sdk import fold_session_summary
 from claude_agent_sdk.types import (
     SessionKey,
     SessionListSubkeysKey,
@@ -24,6 +23,8 @@ from claude_agent_sdk.types import (
     SessionStoreListEntry,
     SessionSummaryEntry,
 )
+
+from .sessionstore import fold_summary, subpath_of, uuid_of
 
 TRANSCRIPT_SCHEMA = """
 CREATE TABLE awk_transcripts (
@@ -139,8 +140,8 @@ class PostgresSessionStore(SessionStore):
             await _riding_out_outages(lambda: self._append(key, entries))
 
     async def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        subpath = _subpath(key)
-        uuids = [_uuid_of(entry) for entry in entries]
+        subpath = subpath_of(key)
+        uuids = [uuid_of(entry) for entry in entries]
         blobs = [json.dumps(entry) for entry in entries]
         async with self._pool.acquire() as conn, conn.transaction():
             transcript_id, mtime, stored_summary = await conn.fetchrow(
@@ -150,7 +151,7 @@ class PostgresSessionStore(SessionStore):
             if subpath:
                 return  # subagent transcripts do not feed the session summary
             added = _added_entries(entries, uuids, {row["uuid"] for row in rows})
-            summary = _fold_summary(key, mtime, stored_summary, added)
+            summary = fold_summary(key, mtime, stored_summary, added)
             await conn.execute(_STORE_SUMMARY, transcript_id, summary)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
@@ -158,7 +159,7 @@ class PostgresSessionStore(SessionStore):
 
     async def _load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_LOAD, key["project_key"], key["session_id"], _subpath(key))
+            rows = await conn.fetch(_LOAD, key["project_key"], key["session_id"], subpath_of(key))
         # Appends never leave a transcript empty, so no rows means never written (or deleted).
         return [json.loads(row["entry"]) for row in rows] or None
 
@@ -181,31 +182,12 @@ class PostgresSessionStore(SessionStore):
 
     async def delete(self, key: SessionKey) -> None:
         async with self._pool.acquire() as conn:
-            await conn.execute(_DELETE, key["project_key"], key["session_id"], _subpath(key))
+            await conn.execute(_DELETE, key["project_key"], key["session_id"], subpath_of(key))
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_LIST_SUBKEYS, key["project_key"], key["session_id"])
         return [row["subpath"] for row in rows]
-
-
-def _subpath(key: SessionKey) -> str:
-    return key.get("subpath") or ""
-
-
-def _uuid_of(entry: SessionStoreEntry) -> str | None:
-    uuid: Any = entry.get("uuid")
-    return uuid if isinstance(uuid, str) else None
-
-
-def _fold_summary(
-    key: SessionKey, mtime: int, stored: str | None, added: list[SessionStoreEntry]
-) -> str:
-    """The stored summary data (JSON) with `added` folded in."""
-    prev: SessionSummaryEntry | None = None
-    if stored is not None:
-        prev = {"session_id": key["session_id"], "mtime": mtime, "data": json.loads(stored)}
-    return json.dumps(fold_session_summary(prev, key, added)["data"])
 
 
 def _added_entries(
