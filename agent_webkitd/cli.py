@@ -1,6 +1,6 @@
 """Command line: `agent-webkitd [--config FILE]`, `agent-webkitd check-config --config FILE`,
 `agent-webkitd migrate --config FILE`, `agent-webkitd prune --older-than 30d --config FILE`,
-`agent-webkitd --version`."""
+`agent-webkitd backup DEST --config FILE` (the embedded store), `agent-webkitd --version`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import asyncio
 import json
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .config import ConfigError, load_config, load_environment, redacted, store_dsn
+from .config import Config, ConfigError, load_config, load_environment, redacted, store_dsn
 from .logs import configure_logging
 
 
@@ -22,11 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check-config", help="print the effective config, secrets redacted")
     check.add_argument("--config", dest="sub_config", help="TOML config file")
-    migrate = sub.add_parser("migrate", help="create or upgrade the Postgres schema, then exit")
+    migrate = sub.add_parser("migrate", help="create or upgrade the store's schema, then exit")
     migrate.add_argument("--config", dest="sub_config", help="TOML config file")
     prune = sub.add_parser("prune", help="delete closed sessions' data older than a duration")
     prune.add_argument("--older-than", required=True, type=duration, help="e.g. 30d, 12h, 90m")
     prune.add_argument("--config", dest="sub_config", help="TOML config file")
+    backup = sub.add_parser("backup", help="copy the embedded store's file, online, to DEST")
+    backup.add_argument("destination", help="the copy to write (a new file)")
+    backup.add_argument("--config", dest="sub_config", help="TOML config file")
     args = parser.parse_args(argv)
 
     path = getattr(args, "sub_config", None) or args.config
@@ -36,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(redacted(config), indent=2))
             return 0
-        if args.command in ("migrate", "prune"):
-            return run_store_command(args, store_dsn(config))
+        if args.command in ("migrate", "prune", "backup"):
+            return run_store_command(args, config)
         from .daemon import StartupFailed, serve, take_secrets  # the SDK: only to serve
 
         configure_logging(config.logging)
@@ -63,21 +68,44 @@ def duration(text: str) -> float:
     return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
 
 
-def run_store_command(args: argparse.Namespace, dsn: str) -> int:
+def run_store_command(args: argparse.Namespace, config: Config) -> int:
+    """migrate, prune and backup on the configured store."""
+    backend = config.store.backend
+    if backend == "memory":
+        raise ConfigError(f"{args.command}: store.backend is 'memory', which keeps nothing")
+    if backend == "postgres" and args.command == "backup":
+        raise ConfigError("backup: use pg_dump for the Postgres store")
+    try:
+        print(json.dumps(_store_command(args, config)))
+    except Exception as exc:  # unreachable, read-only, schema too new, ...: say it and fail
+        print(f"agent-webkitd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    if config.store.backend == "sqlite":
+        from .sqlitedb import backup
+        from .sqlitestore import migrate_file, prune_file
+
+        path = Path(config.store.path)
+        if args.command == "backup":
+            destination = Path(args.destination).resolve()
+            if destination.exists():
+                raise FileExistsError(f"{destination} exists; back up to a new file")
+            backup(path, destination)
+            return {"backup": str(destination)}
+        if args.command == "migrate":
+            return {"applied": migrate_file(path)}
+        return {"deleted": prune_file(path, args.older_than)}
+    dsn = store_dsn(config)
     if not dsn:
         raise ConfigError("no database: set store.dsn or DATABASE_URL")
     from .pgstore import prune, run_migrations  # asyncpg only when it is used
 
-    try:
-        if args.command == "migrate":
-            applied = asyncio.run(run_migrations(dsn))
-            print(json.dumps({"applied": applied}))
-        else:
-            print(json.dumps({"deleted": asyncio.run(prune(dsn, args.older_than))}))
-    except Exception as exc:  # connection refused, schema too new, ...: say it and fail
-        print(f"agent-webkitd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.command == "migrate":
+        return {"applied": asyncio.run(run_migrations(dsn))}
+    return {"deleted": asyncio.run(prune(dsn, args.older_than))}
 
 
 if __name__ == "__main__":

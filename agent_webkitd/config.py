@@ -21,6 +21,7 @@ from dotenv import load_dotenv
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 AUTH_TOKEN_ENV = "AGENT_WEBKIT_AUTH_TOKEN"
+STORE_BACKENDS = ("sqlite", "memory", "postgres")
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,8 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: str = "memory"
+    backend: str = "sqlite"
+    path: str = "sessions.db"  # sqlite: relative to the config file's folder
     dsn: str = ""  # or env DATABASE_URL
     pool_min: int = 2
     pool_max: int = 10
@@ -113,7 +115,10 @@ def load_config(path: str | Path | None) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     config: Config = _build(Config, raw, prefix="")
     _check_semantics(config)
-    return config
+    # A relative database path means "beside the config file", wherever the daemon runs.
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    store = dataclasses.replace(config.store, path=os.path.normpath(base / config.store.path))
+    return dataclasses.replace(config, store=store)
 
 
 def load_environment(config: Config) -> None:
@@ -197,10 +202,12 @@ def _check_semantics(config: Config) -> None:
         raise ConfigError(
             f"agent.permission_mode {a.permission_mode!r} is not in agent.allowed_permission_modes"
         )
-    if config.store.backend not in ("memory", "postgres"):
+    if config.store.backend not in STORE_BACKENDS:
         raise ConfigError(
-            f"store.backend must be 'memory' or 'postgres', got {config.store.backend!r}"
+            f"store.backend must be one of {', '.join(STORE_BACKENDS)}, got {config.store.backend!r}"
         )
+    if config.store.backend == "sqlite" and not config.store.path:
+        raise ConfigError("store.path must name the database file when store.backend is 'sqlite'")
     st = config.store
     _positive("store.pool_min", st.pool_min)
     _positive("store.pool_max", st.pool_max)

@@ -1,10 +1,13 @@
 """The daemon's life, in phases: start up, serve until a signal, shut down.
 
-Startup binds the port and starts the Supervisor. SIGTERM or SIGINT starts the drain:
-new sessions are refused (503 `draining`, /readyz 503) while existing sessions and their
-streams keep working, until every session has idled out or been deleted, for at most
-`drain_timeout_s`. Then every session left is closed (each stream ends with `done`, each
-CLI process ends) and the process exits 0. A second signal skips the wait.
+Startup opens the store, takes up the sessions it kept (each hibernated), binds the port.
+SIGTERM or SIGINT starts the drain: new sessions are refused (503 `draining`, /readyz
+503) while existing sessions and their streams keep working, for at most
+`drain_timeout_s`: with the memory store until every session has idled out or been
+deleted; with a durable store until no turn is running. Then every session left is
+hibernated and kept in a durable store for the next start (its streams end without
+`done`), or closed with the memory store (`done`); every CLI process ends and the
+process exits 0. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -56,6 +60,10 @@ def build_store(config: Config, dsn: str) -> Store:
         from .pgstore import PostgresStore  # asyncpg only when it is used
 
         return PostgresStore(config.store, dsn, config.server.host, config.server.port)
+    if config.store.backend == "sqlite":
+        from .sqlitestore import SqliteStore
+
+        return SqliteStore(config.store, Path(config.store.path))
     return MemoryStore()
 
 
@@ -82,13 +90,17 @@ async def serve(config: Config, token: str, dsn: str = "") -> None:
     store = build_store(config, dsn)
     try:
         await store.start()
-    except Exception as exc:  # unreachable database, bad DSN, schema too new: say which
+    except Exception as exc:  # unreachable database, file in use, schema too new: say which
         log.error("store_start_failed", error=f"{type(exc).__name__}: {exc}")
         raise StartupFailed(
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
     supervisor = Supervisor(config, store, Metrics())
-    await supervisor.start()
+    try:
+        await supervisor.start()
+    except Exception as exc:  # the stored sessions could not be read back
+        await store.stop()
+        raise StartupFailed(f"the stored sessions could not be loaded: {exc}") from exc
     app = build_app(config, supervisor, token)
     # handler_cancellation: a client that goes away cancels its handler at once, so an
     # SSE subscriber is counted out promptly (idle eviction depends on it). Handlers that
@@ -116,17 +128,19 @@ async def serve(config: Config, token: str, dsn: str = "") -> None:
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
 
-    # Phase 3: drain: refuse new sessions; existing ones go on until they idle out or
-    # are deleted, for at most drain_timeout_s.
+    # Phase 3: drain: refuse new sessions; existing ones go on (until they idle out or
+    # are deleted, or until their turns are over with a durable store), for at most
+    # drain_timeout_s.
     supervisor.draining = True
     drain_timeout_s = config.server.drain_timeout_s
     log.info("draining", live_sessions=len(supervisor.sessions), drain_timeout_s=drain_timeout_s)
-    if not await supervisor.wait_until_empty(drain_timeout_s, abort=hurry):
+    if not await supervisor.wait_until_drained(drain_timeout_s, abort=hurry):
         log.warning(
             "drain_cut_short", live_sessions=len(supervisor.sessions), hurried=hurry.is_set()
         )
 
-    # Phase 4: shut down: force-close the sessions left, then the listener.
+    # Phase 4: shut down: hibernate (durable store) or close the sessions left, then the
+    # listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
     await store.stop()

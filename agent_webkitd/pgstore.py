@@ -58,7 +58,8 @@ PROBE_TIMEOUT_S = 1.0
 _CLAIM = (
     "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
     " WHERE s.id = $1 AND s.state = 'open' AND ({})"
-    " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq"
+    " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq,"
+    " extract(epoch FROM s.created_at)::float8 AS created_at"
 )
 # Failures that pass: the database is away, restarting, or asked us to retry.
 TRANSIENT = (
@@ -83,6 +84,7 @@ class _Pending:
 
 class PostgresStore:
     durable = True
+    shared = True
 
     def __init__(self, config: StoreConfig, dsn: str, host: str, port: int) -> None:
         self.config = config
@@ -204,9 +206,12 @@ class PostgresStore:
         self._closes[session_id] = reason
         self._wake_writer()
 
-    async def release(self, session_id: str) -> None:
+    async def release(self, session_id: str, last_active: float) -> None:
         self._closes[session_id] = None
         self._wake_writer()
+
+    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+        return []  # claimed when a request for one arrives, since other hosts share them
 
     def _wake_writer(self) -> None:
         self._idle.clear()
@@ -423,6 +428,7 @@ class PostgresStore:
             sdk_session_id=row["sdk_session_id"],
             last_seq=last_seq,
             events=[(e["name"], json.loads(e["data"])) for e in events],
+            created_at=row["created_at"],
         )
 
     async def _claim_from_dead(self, session_id: str, dead_owner: str) -> Any:

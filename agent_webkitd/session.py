@@ -100,8 +100,9 @@ class Session:
         self.model = spec.model
         self.permission_mode = spec.permission_mode
         self.claude_session_id = claimed.sdk_session_id if claimed else None
-        self.created_at = time.time()
-        self.last_activity = time.monotonic()  # any sign of life, streams included
+        self.created_at = claimed.created_at if claimed and claimed.created_at else time.time()
+        # Any sign of life, streams included (a session taken up from a store keeps its clock).
+        self.last_activity = time.monotonic() - (claimed.idle_s if claimed else 0.0)
         self.last_used = self.last_activity  # inputs, turns, decisions: what hibernation counts
         self.subscribers = 0
         self.close_reason: str | None = None
@@ -156,6 +157,7 @@ class Session:
                 state = data.get("state", state)
             elif name == "result" and isinstance(data.get("total_cost_usd"), int | float):
                 self.bridge.restore_cost(data["total_cost_usd"])
+        state = claimed.last_state or state
         for correlation_id in pending:
             self.emit("permission_cancelled", {"correlation_id": correlation_id})
         turn_lost = state not in SETTLED_STATES
@@ -170,6 +172,7 @@ class Session:
             )
         self.state = state
         self._set_state("hibernated")
+        self.last_activity = self.last_used = time.monotonic() - claimed.idle_s
         self.logger.info(
             "session_claimed",
             last_seq=claimed.last_seq,
@@ -203,11 +206,14 @@ class Session:
             return
         self._closed = True
         self.bridge.cancel_pending()
-        self.state = "closed"
-        if self._release:
-            await self.store.release(self.id)
-            self.log.fence()
+        if self._release:  # it sleeps in the store until the next start or another host
+            last_active = time.time() - (0 if self.subscribers else self.idle_seconds())
+            self._set_state("hibernated")
+            await self.store.release(self.id, last_active)
+            self.log.close()  # streams end once that is committed and sent, without `done`
+            self.state = "closed"
         else:
+            self.state = "closed"
             self.emit("session_state", {"state": "closed"})
             self.emit("done", {})
             await self.store.session_closed(self.id, self.close_reason or "closed")
@@ -436,12 +442,16 @@ class Session:
         self.subscribers -= 1
         self.touch()
 
+    def idle_seconds(self) -> float:
+        """Seconds since the last sign of life, whatever keeps the session warm."""
+        return time.monotonic() - self.last_activity
+
     def idle_for(self) -> float:
         """Seconds since the last sign of life; 0 while anything keeps the session warm
         (a running or queued turn, a pending decision, an open stream)."""
         if self.busy or self.subscribers or self.bridge.decisions.pending:
             return 0.0
-        return time.monotonic() - self.last_activity
+        return self.idle_seconds()
 
     def describe(self, *, full: bool) -> dict[str, Any]:
         """What GET /sessions shows of this session (`full`: each pending request too)."""

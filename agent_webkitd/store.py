@@ -3,8 +3,11 @@ Supervisor/EventLog and durable storage.
 
 The memory store keeps nothing beyond each session's ring (the ring is the store): it
 publishes every event at once, a cursor older than the ring gets 412, and a session
-dies with its process. Transcripts are then the CLI's own files under its config dir. The Postgres store (pgstore.py) commits events before publishing
-them, replays from the database, and lets another host claim a session whose owner died.
+dies with its process. Transcripts are then the CLI's own files under its config dir.
+The embedded store (sqlitestore.py, the default) and the Postgres store (pgstore.py) are
+`durable`: they commit events before publishing them, replay from disk, and keep a
+session across a restart (released at shutdown, loaded as hibernated at start-up). The
+Postgres store is also `shared`: another host may claim a session whose owner is gone.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ class ClaimedSession:
     """A session this host has just taken over from a host that is gone."""
 
     session_id: str
-    spec: dict[str, Any]  # what the session was created with (model, permission_mode, cwd)
+    spec: dict[str, Any]  # its settings as last set (model, permission_mode, cwd)
     sdk_session_id: str | None  # the Claude session to resume, if a turn ever started
     last_seq: int
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # the newest ones
+    last_state: str | None = None  # its last session_state, when the store knows it
+    created_at: float | None = None  # unix time
+    idle_s: float = 0.0  # how long since its last sign of life
 
 
 class SessionOwnedElsewhere(Exception):
@@ -38,7 +44,8 @@ class SessionOwnedElsewhere(Exception):
 
 
 class Store(Protocol):
-    durable: bool
+    durable: bool  # events outlive the process: replay from the store, release at shutdown
+    shared: bool  # other hosts use the same store and may claim a session
     # Set by the Supervisor: called with a session id when another host has taken it.
     on_session_lost: Callable[[str], None]
 
@@ -78,8 +85,13 @@ class Store(Protocol):
 
     async def session_closed(self, session_id: str, reason: str) -> None: ...
 
-    async def release(self, session_id: str) -> None:
-        """Give up ownership without closing (shutdown): another host may claim it."""
+    async def release(self, session_id: str, last_active: float) -> None:
+        """Give up the session without closing it (shutdown): the next start, or another
+        host, takes it up. `last_active`: unix time of its last sign of life."""
+        ...
+
+    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+        """Start-up: the sessions this host takes up at once (closing any idle too long)."""
         ...
 
     async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
@@ -94,6 +106,7 @@ class MemoryStore:
     """Nothing survives the process; the ring is all the history there is."""
 
     durable = False
+    shared = False
 
     def __init__(self) -> None:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
@@ -131,8 +144,11 @@ class MemoryStore:
     async def session_closed(self, session_id: str, reason: str) -> None:
         pass
 
-    async def release(self, session_id: str) -> None:
+    async def release(self, session_id: str, last_active: float) -> None:
         pass
+
+    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+        return []
 
     async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
         return None

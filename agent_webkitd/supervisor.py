@@ -50,6 +50,12 @@ class Supervisor:
         store.on_session_lost = self._lost
 
     async def start(self) -> None:
+        """Take up the sessions the store kept (each hibernated), then start the tickers."""
+        sessions = self.config.sessions
+        for claimed in await self.store.open_sessions(sessions.ring_size, sessions.idle_timeout_s):
+            await self._start(self._session(claimed))
+        if self.sessions:
+            log.info("sessions_restored", sessions=len(self.sessions))
         self._tasks = [
             asyncio.create_task(self._keepalive_ticker(), name="keepalive-ticker"),
             asyncio.create_task(self._idle_sweep(), name="idle-sweep"),
@@ -57,8 +63,9 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Close every session left (each CLI process ends). With a durable store each is
-        released for another host to claim and its streams end without `done`, so clients
-        reconnect and carry on; otherwise each stream ends with `done`."""
+        hibernated and released instead, for the next start (or another host) to take up;
+        its streams end without `done`, so clients reconnect and carry on. Otherwise each
+        stream ends with `done`."""
         for task in self._tasks:
             task.cancel()
         release = self.store.durable
@@ -67,17 +74,25 @@ class Supervisor:
             *self._closing,
         )
 
-    async def wait_until_empty(self, timeout_s: float, abort: asyncio.Event) -> bool:
-        """Drain: wait until every session has idled out or been deleted (True), or until
-        the timeout or `abort` (False)."""
+    async def wait_until_drained(self, timeout_s: float, abort: asyncio.Event) -> bool:
+        """Drain: wait until nothing is left that a shutdown would cut short (True), or
+        until the timeout or `abort` (False). Memory store: every session has idled out or
+        been deleted. Durable store: no turn is running or queued (the rest sleeps in the
+        store until the next start). Shared store: each session is handed over as it
+        settles."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.sessions or self._starting:
+        while self._starting or self._left_to_drain():
             if abort.is_set() or asyncio.get_running_loop().time() >= deadline:
                 return False
-            if self.store.durable:
-                self._hand_off_settled_sessions()
             await asyncio.sleep(DRAIN_POLL_S)
         return True
+
+    def _left_to_drain(self) -> bool:
+        if self.store.shared:
+            self._hand_off_settled_sessions()
+        elif self.store.durable:
+            return any(s.busy for s in self.sessions.values())
+        return bool(self.sessions)
 
     def _hand_off_settled_sessions(self) -> None:
         """Durable store: a session between turns loses nothing by moving to another
@@ -184,7 +199,7 @@ class Supervisor:
         session = self.sessions.get(session_id)
         if session is not None:
             return session
-        if not self.store.durable:
+        if not self.store.shared:
             raise not_found(session_id)
         claim = self._claims.get(session_id)
         if claim is None:  # one claim per id at a time; concurrent requests share it
@@ -213,24 +228,25 @@ class Supervisor:
                 ) from exc
             if claimed is None:
                 raise not_found(session_id)
-            session = Session(
-                self._claimed_spec(claimed),
-                self.store,
-                self.metrics,
-                self.slots,
-                self._forget,
-                claimed,
-            )
+            session = self._session(claimed)
             await self._start(session)
         finally:
             self._starting -= 1
         self.metrics.sessions_claimed.inc({})
         return session
 
-    def _claimed_spec(self, claimed: ClaimedSession) -> SessionSpec:
+    def _session(self, claimed: ClaimedSession) -> Session:
+        """A session taken up from the store, with its settings as last set."""
         spec = claimed.spec
-        return self._spec(
-            spec.get("model"), spec.get("permission_mode") or "default", spec.get("cwd")
+        return Session(
+            self._spec(
+                spec.get("model"), spec.get("permission_mode") or "default", spec.get("cwd")
+            ),
+            self.store,
+            self.metrics,
+            self.slots,
+            self._forget,
+            claimed,
         )
 
     def _lost(self, session_id: str) -> None:

@@ -275,8 +275,7 @@ class Ours(Server):
             },
             "logging": {"level": "warning"},
         }
-        if store_dsn:
-            config["store"] = {"backend": "postgres", "dsn": store_dsn}
+        config["store"] = {"backend": "postgres", "dsn": store_dsn} if store_dsn else {"backend": "memory"}
         self.config_path = self.tmp / "daemon.toml"
         self.config_path.write_text(dump_toml(config))
 

@@ -80,6 +80,7 @@ class Daemon:
                 "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl", "CLAUDE_CONFIG_DIR": str(workdir / "claude-config")},
             },
             "logging": {"format": "json", "level": "debug"},
+            "store": {"backend": "memory"},  # tests of the durable stores say so
         }
         for section, values in overrides.items():
             merged = {**config.get(section, {}), **values}

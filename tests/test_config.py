@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,8 +30,22 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_an_empty_file_gives_every_default(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "")) == Config()
+    config = load_config(write(tmp_path, ""))
+    assert dataclasses.replace(config, store=Config().store) == Config()
+    # The embedded store is the default, its file beside the config file.
+    assert (config.store.backend, config.store.path) == ("sqlite", str(tmp_path / "sessions.db"))
     assert load_config(None).sessions.ring_size == 1000
+
+
+def test_the_sqlite_path_is_relative_to_the_config_file_not_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    relative = load_config(write(conf, '[store]\npath = "../state/db.sqlite"\n'))
+    assert relative.store.path == str(tmp_path / "state" / "db.sqlite")
+    absolute = load_config(write(conf, '[store]\npath = "/var/lib/x/sessions.db"\n'))
+    assert absolute.store.path == "/var/lib/x/sessions.db"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +62,7 @@ def test_an_empty_file_gives_every_default(tmp_path: Path) -> None:
         ("[nonsense]\nx = 1\n", "nonsense"),
         ("server = 3\n", "server"),
         ("[store]\nbackend = \"mysql\"\n", "store.backend"),
+        ("[store]\npath = \"\"\n", "store.path"),
         ("[store]\nlease_s = 0\n", "store.lease_s"),
         ("[store]\npool_min = 5\npool_max = 2\n", "store.pool_min"),
         ("[store]\nmax_pending_events = -1\n", "store.max_pending_events"),
