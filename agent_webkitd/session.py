@@ -219,7 +219,10 @@ class Session:
             await self.store.session_closed(self.id, self.close_reason or "closed")
             self.log.close()
         self._on_closed(self)
-        self.logger.info("session_closed", reason=self.close_reason, released=self._release)
+        if self._release:
+            self.logger.info("session_released", reason=self.close_reason)
+        else:
+            self.logger.info("session_closed", reason=self.close_reason)
 
     async def _live(self, agent: Agent | None) -> None:
         """The lifecycle task: serve with this CLI (or wake one), until it stops; again

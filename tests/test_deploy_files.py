@@ -111,3 +111,16 @@ def test_shipped_configs_pass_check_config(config: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "check-config-token" not in proc.stdout + proc.stderr, "check-config printed the token"
+
+
+def test_the_embedded_store_lives_where_the_unit_may_write_and_dev_keeps_it_out_of_git() -> None:
+    prod_store = tomllib.loads(PROD.read_text())["store"]
+    assert prod_store["backend"] == "sqlite"
+    (writable,) = service_settings()["ReadWritePaths"]
+    assert Path(prod_store["path"]).is_relative_to(writable)
+    dev_store = tomllib.loads(DEV.read_text())["store"]
+    dev_file = (DEV.parent / dev_store["path"]).resolve()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(dev_file)], cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert ignored.returncode == 0, f"{dev_file} would be committed"

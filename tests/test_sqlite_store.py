@@ -111,6 +111,34 @@ async def test_a_sigterm_restart_keeps_every_session_with_its_ids_and_history(
         assert status == 200 and session["state"] == "hibernated"
 
 
+async def test_a_sigterm_restart_with_a_decision_pending_withdraws_it_after_the_drain_window(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "sessions.db"
+    first = await start_daemon(sqlite_overrides(db, server={"drain_timeout_s": 1}))
+    cwd = first.session_dir({"turns": [{"steps": [WRITE]}], "then": "repeat_last"})
+    async with api_for(first) as api:
+        session_id = await api.create(cwd=str(cwd))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "write it")
+        seen = await read_until(stream, "permission_request")
+        took = await sigterm_and_wait(first)
+        assert 1 <= took < 6, "a running turn is waited for, for the drain window only"
+        rest = await stream.rest(timeout=5)
+        names = [e.name for e in rest]
+        assert "permission_cancelled" in names and "done" not in names
+        assert (rest[-1].name, rest[-1].data) == ("session_state", {"state": "hibernated"})
+        seen += rest
+
+    second = await start_daemon(sqlite_overrides(db))
+    async with api_for(second) as api:
+        resumed = await api.open_stream(session_id, seen[-1].id)
+        await api.say(session_id, "again")
+        again = await read_until(resumed, "permission_request")
+        assert contiguous(seen + again)
+        assert again[-1].data["correlation_id"] != seen[-len(rest) - 1].data["correlation_id"]
+
+
 async def test_after_sigkill_committed_events_remain_a_running_turn_is_lost_and_its_decision_withdrawn(
     start_daemon: Any, tmp_path: Path
 ) -> None:
