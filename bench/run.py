@@ -16,11 +16,13 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   replay   a new subscriber receiving a full 1000-event ring (Last-Event-ID and no header)
   create   POST /sessions latency p50/p99
   memory   server RSS (CLI processes excluded) per idle session and per 1000 ring events
-  durable  ours only, the memory store against the Postgres store (a throwaway database,
+  durable  ours only, the memory store against the SQLite and the Postgres store (a throwaway database,
            `awk_bench_<hex>` on AGENT_WEBKITD_BENCH_PG, default the local server): the
            fan-out turn with 1 and 100 subscribers; 30 short turns (one streamed text block each) with one subscriber
            (user message POST -> its `result`); the events table's on-disk size per 1000
            events, and the transcript tables' size
+  restart  ours only: 1,000 hibernated sessions on the SQLite store, SIGTERM, a new process,
+           the first stream served (bench/embedded.py)
   scale    ours only: 1000 live sessions, one subscriber each, a short turn on every one
   hibernate  ours only: 10,000 sessions with max_live_agents = 50, all hibernated, then a turn
            on 1,000 random ones (bench/hibernation.py); the same with Postgres at 2,000
@@ -55,12 +57,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import hibernation, pgdb  # noqa: E402
+from bench import embedded, hibernation, pgdb  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "durable", "scale", "hibernate", "wake")
-OURS_ONLY = ("durable", "scale", "hibernate", "wake")  # phases that do not need the peer installed
+PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "scale", "hibernate", "wake")
+OURS_ONLY = ("durable", "restart", "scale", "hibernate", "wake")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -422,12 +424,14 @@ class Bench:
 
     async def phase_durable(self) -> dict[str, Any]:
         a = self.args
-        log(f"\n== durable (ours only): memory store vs Postgres store; fan-out turn of K={a.k} events,"
+        log(f"\n== durable (ours only): memory store vs SQLite vs Postgres store; fan-out turn of K={a.k} events,"
             f" subscribers {a.durable_subs}, {a.reps} rep(s); then {a.short_turns} short turns, one subscriber")
         out: dict[str, Any] = self.results.setdefault("durable", {"runs": [], "short": {}})
         async with pgdb.scratch_database() as dsn:
             out["database"] = dsn.rsplit("/", 1)[1]
+            sqlite_path = self.tmp / "durable-sqlite" / "sessions.db"
             servers = (Ours(self.tmp, "ours-durable-memory", ring_size=a.fanout_ring),
+                       Ours(self.tmp, "ours-durable-sqlite", ring_size=a.fanout_ring, sqlite_path=sqlite_path),
                        Ours(self.tmp, "ours-durable-postgres", ring_size=a.fanout_ring, store_dsn=dsn))
             try:
                 for server in servers:
@@ -472,13 +476,16 @@ class Bench:
                         f" {part['events_mean']:.0f} events, missing {part['missing']}")
                     with contextlib.suppress(Exception):
                         await server.delete(sids[server.store])
-                mem, pg = out["short"]["memory"], out["short"]["postgres"]
-                for q in (50, 99):
-                    out["short"][f"added_p{q}_ms"] = pg[f"p{q}_ms"] - mem[f"p{q}_ms"]
-                log(f"  the commit adds per turn: p50 {out['short']['added_p50_ms']:+.1f} ms,"
-                    f" p99 {out['short']['added_p99_ms']:+.1f} ms")
+                mem = out["short"]["memory"]
+                for store in ("sqlite", "postgres"):
+                    added = out["short"].setdefault("added", {})[store] = {
+                        f"p{q}_ms": out["short"][store][f"p{q}_ms"] - mem[f"p{q}_ms"] for q in (50, 99)}
+                    log(f"  the {store} commit adds per turn: p50 {added['p50_ms']:+.1f} ms,"
+                        f" p99 {added['p99_ms']:+.1f} ms")
             finally:
                 out["stops"] = {s.label: await self.stop(s) for s in servers}
+            out["sqlite_storage"] = embedded.sqlite_storage(sqlite_path)
+            log("  sqlite " + embedded.describe_storage(out["sqlite_storage"]))
             st = out["storage"] = await pgdb.storage(dsn)
             st["events_kib_per_1000"] = st["events_bytes"] / 1024 / st["events"] * 1000 if st["events"] else None
             log(f"  storage: awk_events {st['events_bytes'] / 1024:,.0f} KiB for {st['events']:,} events"
@@ -488,6 +495,9 @@ class Bench:
         return out
 
     # --- scale ----------------------------------------------------------------------
+
+    async def phase_restart(self) -> dict[str, Any]:
+        return await embedded.phase_restart(self)
 
     async def phase_hibernate(self) -> dict[str, Any]:
         return await hibernation.phase_hibernate(self)
@@ -808,6 +818,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
         rows.append(("CLI stand-in RSS per session (MiB, not the server's)",
                      "-" if cpo is None else f"{cpo / 1024:.1f}", "-" if cpp is None else f"{cpp / 1024:.1f}", ""))
     rows += durable_rows(results.get("durable") or {}, args)
+    rows += embedded.rows(results)
     rows += hibernation.rows(results)
     sc = results.get("scale")
     if sc:
@@ -837,35 +848,50 @@ def censored(summary: dict[str, Any]) -> str:
 
 
 def durable_rows(dur: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
-    """Ours with the memory store / with the Postgres store, in the `agent-webkitd` column;
-    the ratio is Postgres against memory (below 1: what durability costs)."""
+    """Ours with the memory / SQLite / Postgres store, in the `agent-webkitd` column; the
+    ratios are each durable store against memory (below 1: what durability costs)."""
     rows: list[tuple[str, str, str, str]] = []
+    stores = ("memory", "sqlite", "postgres")
 
-    def pair(mem: str, pg: str) -> str:
-        return f"{mem} / {pg}"
+    def triple(values: list[str]) -> str:
+        return " / ".join(values)
+
+    def ratios(values: dict[str, float | None], higher_is_better: bool) -> str:
+        m = values["memory"]
+        return ", ".join(
+            f"{s[:2]} {ratio(values[s], m, True) if higher_is_better else ratio(m, values[s], True)}"
+            for s in ("sqlite", "postgres"))
 
     first = "(not run)"
     for by in dur.get("fanout") or []:
-        n, m, p = by["n"], by["memory"], by["postgres"]
-        rows.append((f"durable: fan-out {subs_label(n)}, K={args.k}, events/s (memory / postgres store)",
-                     pair(fmt_num(m["eps"]), fmt_num(p["eps"])), first, ratio(p["eps"], m["eps"], True)))
+        if not all(s in by for s in stores):
+            continue
+        n = by["n"]
+        rows.append((f"durable: fan-out {subs_label(n)}, K={args.k}, events/s (memory / sqlite / postgres)",
+                     triple([fmt_num(by[s]["eps"]) for s in stores]), first,
+                     ratios({s: by[s]["eps"] for s in stores}, True)))
         first = ""
         for q in (50, 99):
-            lm, lp = m[f"lat_p{q}_ms"], p[f"lat_p{q}_ms"]
-            rows.append((f"  turn-end latency p{q} (ms)", pair(censored(m) + fmt_ms(lm), censored(p) + fmt_ms(lp)),
-                         "", ratio(lp, lm, False)))
-        rows.append(("  events lost", pair(str(m["lost"]), str(p["lost"])), "", ""))
-        rows.append((f"  subscribers stalled (of {m['subscribers']})", pair(str(m["stalls"]), str(p["stalls"])), "", ""))
+            lat = {s: by[s][f"lat_p{q}_ms"] for s in stores}
+            rows.append((f"  turn-end latency p{q} (ms)", triple([censored(by[s]) + fmt_ms(lat[s]) for s in stores]),
+                         "", ratios(lat, False)))
+        rows.append(("  events lost", triple([str(by[s]["lost"]) for s in stores]), "", ""))
+        rows.append((f"  subscribers stalled (of {by['memory']['subscribers']})",
+                     triple([str(by[s]["stalls"]) for s in stores]), "", ""))
     short = dur.get("short") or {}
-    if "added_p50_ms" in short:
-        m, p = short["memory"], short["postgres"]
+    if "added" in short:
         for q in (50, 99):
-            lm, lp = m[f"p{q}_ms"], p[f"p{q}_ms"]
-            label = f"durable: short turns, 1 sub, {len(m['turns'])} each: POST -> result" if q == 50 else " "
-            rows.append((f"{label} p{q} (ms)", pair(fmt_ms(lm), fmt_ms(lp)), first, ratio(lp, lm, False)))
+            lat = {s: short[s][f"p{q}_ms"] for s in stores}
+            label = f"durable: short turns, 1 sub, {len(short['memory']['turns'])} each: POST -> result" if q == 50 else " "
+            rows.append((f"{label} p{q} (ms)", triple([fmt_ms(lat[s]) for s in stores]), first, ratios(lat, False)))
             first = ""
-        rows.append(("  added by the commit, p50 / p99 (ms)",
-                     f"{short['added_p50_ms']:+.1f} / {short['added_p99_ms']:+.1f}", "", ""))
+        rows.append(("  added by the commit, p50 / p99 (ms): sqlite; postgres",
+                     "; ".join(f"{short['added'][s]['p50_ms']:+.1f} / {short['added'][s]['p99_ms']:+.1f}"
+                               for s in ("sqlite", "postgres")), "", ""))
+    sq = dur.get("sqlite_storage")
+    if sq:
+        rows.append((f"durable: sqlite file per 1000 events / per session (KiB; {sq['events']:,} events)",
+                     f"{fmt_num(sq['events_kib_per_1000'])} / {fmt_num(sq['kib_per_session'], 1)}", first, ""))
     st = dur.get("storage")
     if st:
         rows.append((f"durable: awk_events on disk per 1000 events (KiB; {st['events']:,} events,"
@@ -954,6 +980,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.wake_sessions = min(args.hibernate_sessions, 100 if q else 1000)
     args.wake_real_sessions = 2 if q else 5
     args.wake_real_rounds = 2 if q else 4
+    args.restart_sessions = 100 if q else 1000
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:

@@ -245,13 +245,15 @@ class Ours(Server):
     name = "ours"
 
     def __init__(self, tmp: Path, label: str, *, ring_size: int = 1000, max_sessions: int = 1100,
-                 store_dsn: str | None = None, sessions: dict[str, Any] | None = None,
-                 agent: dict[str, Any] | None = None) -> None:
-        """`store_dsn`: keep events in that PostgreSQL database (`[store] backend = "postgres"`),
-        else in memory (the default store). `sessions`, `agent`: more keys for those tables."""
+                 store_dsn: str | None = None, sqlite_path: Path | None = None,
+                 sessions: dict[str, Any] | None = None, agent: dict[str, Any] | None = None) -> None:
+        """`store_dsn`: keep events in that PostgreSQL database; `sqlite_path`: in that SQLite
+        file (the embedded store); neither: in memory. `sessions`, `agent`: more keys for
+        those tables."""
         super().__init__(tmp, label)
         self.ring_size = ring_size
-        self.store = "postgres" if store_dsn else "memory"
+        self.store = "postgres" if store_dsn else "sqlite" if sqlite_path else "memory"
+        self.sqlite_path = sqlite_path
         default_cwd = self.default_cwd = self.tmp / "default-cwd"
         default_cwd.mkdir()
         from tests.standin.toml_writer import dump_toml
@@ -275,7 +277,11 @@ class Ours(Server):
             },
             "logging": {"level": "warning"},
         }
-        config["store"] = {"backend": "postgres", "dsn": store_dsn} if store_dsn else {"backend": "memory"}
+        config["store"] = (
+            {"backend": "postgres", "dsn": store_dsn} if store_dsn
+            else {"backend": "sqlite", "path": str(sqlite_path)} if sqlite_path
+            else {"backend": "memory"}
+        )
         self.config_path = self.tmp / "daemon.toml"
         self.config_path.write_text(dump_toml(config))
 
