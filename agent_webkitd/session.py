@@ -183,8 +183,8 @@ class Session:
 
     async def close(self, reason: str, *, release: bool = False) -> None:
         """End the session: stop its CLI, end every stream with `done`. `release`: leave
-        it open in the store for another host to claim; its streams end without `done`
-        so clients reconnect."""
+        it open, hibernated, in the store for the next start or another host to take up;
+        its streams end without `done` so clients reconnect."""
         if self.close_reason is None:
             self.close_reason = reason
         self._release = release
@@ -211,18 +211,16 @@ class Session:
             self._set_state("hibernated")
             await self.store.release(self.id, last_active)
             self.log.close()  # streams end once that is committed and sent, without `done`
-            self.state = "closed"
+            ended = "session_released"
         else:
-            self.state = "closed"
             self.emit("session_state", {"state": "closed"})
             self.emit("done", {})
             await self.store.session_closed(self.id, self.close_reason or "closed")
             self.log.close()
+            ended = "session_closed"
+        self.state = "closed"
         self._on_closed(self)
-        if self._release:
-            self.logger.info("session_released", reason=self.close_reason)
-        else:
-            self.logger.info("session_closed", reason=self.close_reason)
+        self.logger.info(ended, reason=self.close_reason)
 
     async def _live(self, agent: Agent | None) -> None:
         """The lifecycle task: serve with this CLI (or wake one), until it stops; again
