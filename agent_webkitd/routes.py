@@ -132,10 +132,18 @@ async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
         if allow_empty:
             return None
         raise bad_request("invalid_body", "the request body must be a JSON object")
+    too_deep = bad_request(
+        "json_too_deep", f"the request body is nested deeper than {wire.MAX_DEPTH} levels"
+    )
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # deeper than the parser's own stack
+        raise too_deep from None
+    if not wire.within_depth(body):
+        raise too_deep
+    return body
 
 
 async def create_session(request: web.Request) -> web.StreamResponse:

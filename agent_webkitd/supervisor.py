@@ -287,7 +287,11 @@ class Supervisor:
             raise ApiError(
                 403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root"
             )
-        if not Path(real).is_dir():
+        try:
+            is_dir = Path(real).is_dir()
+        except OSError:  # a name too long, a path through a file, ...
+            is_dir = False
+        if not is_dir:
             raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
         return real
 

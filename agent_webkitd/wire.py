@@ -16,6 +16,8 @@ from .config import PERMISSION_MODES
 from .errors import ApiError, bad_request
 
 PROTOCOL_VERSION = "1.0"
+# Deeper bodies are refused before anything walks them (tool inputs rarely pass 10).
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,34 @@ INBOUND_TYPES = (
 )
 
 
+def within_depth(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether a parsed JSON value nests at most `limit` arrays and objects deep."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return True
+    return not any(isinstance(item, dict | list) for item in level)
+
+
+def os_text(name: str, value: str | None) -> str | None:
+    """A string that becomes a path or a command-line argument: no NUL, valid Unicode."""
+    if value is None:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise bad_request("invalid_field", f"field '{name}' must not contain control characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise bad_request("invalid_field", f"field '{name}' is not valid Unicode") from None
+    return value
+
+
 class _Fields:
     """Typed access to a JSON object's fields; every failure names the field."""
 
@@ -138,9 +168,9 @@ def parse_create(body: Any) -> CreateSession:
             "invalid_field", f"field 'permission_mode' must be one of {', '.join(PERMISSION_MODES)}"
         )
     return CreateSession(
-        model=fields.text("model", required=False),
+        model=os_text("model", fields.text("model", required=False)),
         permission_mode=mode,
-        cwd=fields.text("cwd", required=False),
+        cwd=os_text("cwd", fields.text("cwd", required=False)),
     )
 
 
@@ -195,7 +225,7 @@ def parse_inbound(body: Any) -> Inbound:
         case "set_model":
             if "model" not in body:
                 raise bad_request("missing_field", "field 'model' is required (a string or null)")
-            return SetModel(model=f.text("model", required=False))
+            return SetModel(model=os_text("model", f.text("model", required=False)))
         case _:  # "stop_task"
             return StopTask(task_id=f.required_text("task_id"))
 

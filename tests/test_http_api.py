@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -227,3 +228,30 @@ async def test_creating_beyond_max_sessions_gets_503_at_capacity_even_in_a_burst
         assert await api.delete(first) == 204
         status, _, _ = await api.request("POST", "/sessions")
         assert status == 200
+
+
+async def test_hostile_bodies_get_400_with_a_stable_code_never_500(api: Api, daemon: Daemon) -> None:
+    session_id = await api.create()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    nested: object = []
+    for _ in range(70):
+        nested = [nested]
+    cases = [
+        ("POST", "/sessions", deep, "json_too_deep"),
+        ("POST", f"/sessions/{session_id}/input", deep, "json_too_deep"),
+        ("POST", f"/sessions/{session_id}/input",
+         json.dumps({"type": "permission_response", "correlation_id": "c", "behavior": "allow",
+                     "updated_input": {"x": nested}}).encode(), "json_too_deep"),
+        ("POST", "/sessions", json.dumps({"cwd": "/tmp/a\u0000b"}).encode(), "invalid_field"),
+        ("POST", "/sessions", b'{"cwd": "/tmp/\\ud800"}', "invalid_field"),
+        ("POST", "/sessions", json.dumps({"model": "opus\nrm -rf /"}).encode(), "invalid_field"),
+        ("POST", "/sessions", json.dumps({"cwd": str(daemon.sessions_root / ("x" * 5000))}).encode(),
+         "cwd_not_found"),
+        ("POST", f"/sessions/{session_id}/input", json.dumps({"type": "set_model", "model": "a\u0000"}).encode(),
+         "invalid_field"),
+    ]
+    for method, path, raw, code in cases:
+        status, payload, _ = await api.request(method, path, raw=raw)
+        assert (status, error_code(payload)) == (400, code), (path, raw[:80], payload)
+    status, _, _ = await api.request("GET", "/healthz")
+    assert status == 200
