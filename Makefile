@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo bench clean
+.PHONY: install run test lint demo bench openapi clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ demo: install
 # to skip the 1000-session phase. Raw results go to bench/results/.
 bench: install
 	$(BIN)/python -m bench.run $(ARGS)
+
+# The API description for integrators: conf/openapi.json, written from agent_webkitd/openapi.py
+# (a test fails when it is out of date).
+openapi: install
+	$(BIN)/python -m agent_webkitd.openapi > conf/openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -18,16 +18,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import sse, wire
+from . import openapi, sse, wire
 from .config import Config
 from .errors import ApiError, bad_request
 from .metrics import clean_subscriber_id
 from .supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
+OPENAPI = openapi.render().encode()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 SUBSCRIBER_HEADER = "X-Subscriber-ID"
 CLIENT_CLOSED = 499
 
@@ -230,6 +231,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return json_response({"ready": True})
 
 
+async def openapi_document(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=OPENAPI, content_type="application/json")
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     supervisor.refresh_gauges()
@@ -254,4 +259,5 @@ def build_app(config: Config, supervisor: Supervisor, token: str) -> web.Applica
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     return app

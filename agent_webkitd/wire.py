@@ -1,19 +1,25 @@
 """Wire protocol 1.0: validation of inbound messages and create-session bodies.
 
-Everything a client sends is checked here, once, into small frozen dataclasses. Errors
-are 400s whose code names the problem (`missing_field`, `invalid_field`, `unknown_type`,
-...), and whose message names the field.
+Everything a client sends is checked here, once, against the schemas of the OpenAPI
+document (openapi.py, the one description of the API), then turned into small frozen
+dataclasses. Errors are 400s whose code names the problem (`missing_field`,
+`invalid_field`, `unknown_type`, ...) and whose message names the field. What a schema
+cannot say is checked in code: `interrupt` only with deny, permission updates the SDK
+can send back, strings that must be valid Unicode.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from claude_agent_sdk import PermissionUpdate
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
-from .config import PERMISSION_MODES
 from .errors import ApiError, bad_request
+from .openapi import INBOUND_BY_TYPE, SCHEMA_PREFIX, SCHEMAS
 
 PROTOCOL_VERSION = "1.0"
 # Deeper bodies are refused before anything walks them (tool inputs rarely pass 10).
@@ -104,73 +110,14 @@ def within_depth(value: Any, limit: int = MAX_DEPTH) -> bool:
     return not any(isinstance(item, dict | list) for item in level)
 
 
-def os_text(name: str, value: str | None) -> str | None:
-    """A string that becomes a path or a command-line argument: no NUL, valid Unicode."""
-    if value is None:
-        return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise bad_request("invalid_field", f"field '{name}' must not contain control characters")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise bad_request("invalid_field", f"field '{name}' is not valid Unicode") from None
-    return value
-
-
-class _Fields:
-    """Typed access to a JSON object's fields; every failure names the field."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def _get(self, name: str, required: bool) -> Any:
-        if name not in self.body or self.body[name] is None:
-            if required:
-                raise bad_request("missing_field", f"field '{name}' is required")
-            return None
-        return self.body[name]
-
-    def text(self, name: str, *, required: bool = True, nonempty: bool = True) -> str | None:
-        value = self._get(name, required)
-        if value is None:
-            return None
-        if not isinstance(value, str) or (nonempty and not value):
-            raise bad_request("invalid_field", f"field '{name}' must be a non-empty string")
-        return value
-
-    def required_text(self, name: str) -> str:
-        value = self.text(name)
-        assert value is not None
-        return value
-
-    def mapping(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
-        value = self._get(name, required)
-        if value is not None and not isinstance(value, dict):
-            raise bad_request("invalid_field", f"field '{name}' must be a JSON object")
-        return value
-
-    def flag(self, name: str) -> bool | None:
-        value = self._get(name, False)
-        if value is not None and not isinstance(value, bool):
-            raise bad_request("invalid_field", f"field '{name}' must be a boolean")
-        return value
-
-
 def parse_create(body: Any) -> CreateSession:
     if body is None:
         return CreateSession()
-    if not isinstance(body, dict):
-        raise bad_request("invalid_body", "the request body must be a JSON object")
-    fields = _Fields(body)
-    mode = fields.text("permission_mode", required=False)
-    if mode is not None and mode not in PERMISSION_MODES:
-        raise bad_request(
-            "invalid_field", f"field 'permission_mode' must be one of {', '.join(PERMISSION_MODES)}"
-        )
+    _check("CreateSession", body)
     return CreateSession(
-        model=os_text("model", fields.text("model", required=False)),
-        permission_mode=mode,
-        cwd=os_text("cwd", fields.text("cwd", required=False)),
+        model=_unicode("model", body.get("model")),
+        permission_mode=body.get("permission_mode"),
+        cwd=_unicode("cwd", body.get("cwd")),
     )
 
 
@@ -180,119 +127,128 @@ def parse_inbound(body: Any) -> Inbound:
     kind = body.get("type")
     if kind is None:
         raise bad_request("missing_field", "field 'type' is required")
-    if kind not in INBOUND_TYPES:
+    if not isinstance(kind, str) or kind not in INBOUND_BY_TYPE:
         raise bad_request(
             "unknown_type",
-            f"unknown message type {kind!r}; expected one of {', '.join(INBOUND_TYPES)}",
+            f"unknown message type {kind!r}; expected one of {', '.join(INBOUND_BY_TYPE)}",
         )
-    f = _Fields(body)
+    _check(INBOUND_BY_TYPE[kind], body)
     match kind:
         case "user_message":
-            return UserMessage(content=_content(body.get("content")))
+            return UserMessage(content=_content(body["content"]))
         case "interrupt":
             return Interrupt()
         case "permission_response":
-            behavior = f.required_text("behavior")
-            if behavior not in ("allow", "deny"):
-                raise bad_request("invalid_field", "field 'behavior' must be 'allow' or 'deny'")
-            interrupt = f.flag("interrupt")
-            if interrupt is not None and behavior == "allow":
+            if body.get("interrupt") is not None and body["behavior"] == "allow":
                 raise bad_request(
                     "interrupt_with_allow", "field 'interrupt' is only valid with behavior 'deny'"
                 )
-            message = f.text("message", required=False, nonempty=False)
             return PermissionResponse(
-                correlation_id=f.required_text("correlation_id"),
-                behavior=behavior,
-                updated_input=f.mapping("updated_input"),
+                correlation_id=body["correlation_id"],
+                behavior=body["behavior"],
+                updated_input=body.get("updated_input"),
                 updated_permissions=_permission_updates(body.get("updated_permissions")),
-                message=message,
-                interrupt=bool(interrupt),
+                message=body.get("message"),
+                interrupt=bool(body.get("interrupt")),
             )
         case "question_response":
-            answers = f.mapping("answers", required=True)
-            assert answers is not None
-            return QuestionResponse(
-                correlation_id=f.required_text("correlation_id"), answers=answers
-            )
+            return QuestionResponse(correlation_id=body["correlation_id"], answers=body["answers"])
         case "set_permission_mode":
-            mode = f.required_text("mode")
-            if mode not in PERMISSION_MODES:
-                raise bad_request(
-                    "invalid_field", f"field 'mode' must be one of {', '.join(PERMISSION_MODES)}"
-                )
-            return SetPermissionMode(mode=mode)
+            return SetPermissionMode(mode=body["mode"])
         case "set_model":
-            if "model" not in body:
-                raise bad_request("missing_field", "field 'model' is required (a string or null)")
-            return SetModel(model=os_text("model", f.text("model", required=False)))
+            return SetModel(model=_unicode("model", body["model"]))
         case _:  # "stop_task"
-            return StopTask(task_id=f.required_text("task_id"))
+            return StopTask(task_id=body["task_id"])
 
 
-def _content(content: Any) -> str | list[dict[str, Any]]:
-    if content is None:
-        raise bad_request("missing_field", "field 'content' is required")
-    if isinstance(content, str):
-        if not content:
-            raise bad_request("invalid_field", "field 'content' must not be empty")
-        return content
-    if not isinstance(content, list) or not content:
-        raise bad_request(
-            "invalid_field",
-            "field 'content' must be a string or a non-empty list of content blocks",
-        )
-    return [_block(i, block) for i, block in enumerate(content)]
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": SCHEMA_PREFIX + name, "components": {"schemas": SCHEMAS}})
 
 
-def _block(i: int, block: Any) -> dict[str, Any]:
-    where = f"content[{i}]"
-    if not isinstance(block, dict):
-        raise bad_request("invalid_field", f"field '{where}' must be a content block object")
-    kind = block.get("type")
-    if kind == "text":
-        if not isinstance(block.get("text"), str):
-            raise bad_request("invalid_field", f"field '{where}.text' must be a string")
-        return {"type": "text", "text": block["text"]}
-    if kind == "image":
-        source = block.get("source")
-        if (
-            not isinstance(source, dict)
-            or source.get("type") != "base64"
-            or not isinstance(source.get("media_type"), str)
-            or not isinstance(source.get("data"), str)
-        ):
-            raise bad_request(
-                "invalid_field",
-                f"field '{where}.source' must be {{type: 'base64', media_type, data}}",
+def _check(name: str, body: Any) -> None:
+    """400 with the code and field of the most relevant way `body` fails schema `name`."""
+    error = best_match(_validator(name).iter_errors(body))
+    if error is None:
+        return
+    if not error.absolute_path and error.validator == "type":
+        raise bad_request("invalid_body", "the request body must be a JSON object")
+    if error.validator == "required" and not error.absolute_path:
+        missing = next(f for f in error.validator_value if f not in error.instance)
+        raise bad_request("missing_field", f"field '{missing}' is required")
+    raise bad_request("invalid_field", f"field '{_field(error)}' {_reason(error)}")
+
+
+def _field(error: ValidationError) -> str:
+    field = ""
+    for part in error.absolute_path:
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
+    return field
+
+
+def _reason(error: ValidationError) -> str:
+    match error.validator:
+        case "required" | "enum" | "const":
+            value = error.validator_value
+            listed = ", ".join(map(repr, value if isinstance(value, list) else [value]))
+            return (
+                f"needs {listed}" if error.validator == "required" else f"must be one of {listed}"
             )
-        return {
+        case "type":
+            return f"must be of type {error.validator_value}"
+        case "minLength" | "minItems":
+            return "must not be empty"
+        case "pattern":
+            return "must not contain control characters"
+        case "oneOf" if isinstance(error.validator_value, list):
+            kinds = [alt.get("type", "object") for alt in error.validator_value]
+            if _json_type(error.instance) not in kinds:
+                return f"must be {' or '.join(dict.fromkeys(map(str, kinds)))}"
+    return "does not have an allowed form (see GET /openapi.json)"
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    return "null" if value is None else names.get(type(value), "object")
+
+
+def _unicode(name: str, value: str | None) -> str | None:
+    """A string that becomes a path or a command-line argument: no lone surrogates."""
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise bad_request("invalid_field", f"field '{name}' is not valid Unicode") from None
+    return value
+
+
+def _content(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Content blocks with just the fields the CLI takes (the schema checked the rest)."""
+    if isinstance(content, str):
+        return content
+    return [
+        {"type": "text", "text": block["text"]}
+        if block["type"] == "text"
+        else {
             "type": "image",
-            "source": {
-                "type": "base64",
-                "media_type": source["media_type"],
-                "data": source["data"],
-            },
+            "source": {k: block["source"][k] for k in ("type", "media_type", "data")},
         }
-    raise bad_request("invalid_field", f"field '{where}.type' must be 'text' or 'image'")
+        for block in content
+    ]
 
 
-def _permission_updates(value: Any) -> list[PermissionUpdate] | None:
+def _permission_updates(value: list[dict[str, Any]] | None) -> list[PermissionUpdate] | None:
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise bad_request("invalid_field", "field 'updated_permissions' must be a list")
     updates = []
     for i, item in enumerate(value):
-        where = f"updated_permissions[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-            raise bad_request("invalid_field", f"field '{where}' must be an object with a 'type'")
         try:
             update = PermissionUpdate.from_dict(item)
             update.to_dict()  # the SDK's own check that the CLI will accept it
         except (KeyError, TypeError, ValueError) as exc:
             raise bad_request(
-                "invalid_field", f"field '{where}' is not a valid permission update: {exc}"
+                "invalid_field",
+                f"field 'updated_permissions[{i}]' is not a valid permission update: {exc}",
             ) from exc
         updates.append(update)
     return updates
