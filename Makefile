@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo bench openapi clean
+.PHONY: install run test lint demo bench fuzz openapi clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: install
 # to skip the 1000-session phase. Raw results go to bench/results/.
 bench: install
 	$(BIN)/python -m bench.run $(ARGS)
+
+# The hostile-input tests with many more examples than `make test` runs (~10 min).
+fuzz: install
+	AGENT_WEBKITD_FUZZ_EXAMPLES=$${EXAMPLES:-400} $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_parsers.py
 
 # The API description for integrators: conf/openapi.json, written from agent_webkitd/openapi.py
 # (a test fails when it is out of date).

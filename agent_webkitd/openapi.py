@@ -46,6 +46,41 @@ ID: Schema = {"type": "integer", "minimum": 1}
 
 # -- what clients send ---------------------------------------------------------------------
 
+DESTINATION: Schema = nullable(
+    {"enum": ["userSettings", "projectSettings", "localSettings", "session"]}
+)
+# The SDK's PermissionUpdate, in the control protocol's form (what can_use_tool suggests).
+PERMISSION_UPDATE: Schema = {
+    "oneOf": [
+        obj(
+            {
+                "type": {"enum": ["addRules", "replaceRules", "removeRules"]},
+                "rules": {
+                    "type": "array",
+                    "items": obj(
+                        {"toolName": TEXT, "ruleContent": nullable(ANY_TEXT)}, ("toolName",)
+                    ),
+                },
+                "behavior": {"enum": ["allow", "deny", "ask"]},
+                "destination": DESTINATION,
+            },
+            ("type", "rules", "behavior"),
+        ),
+        obj(
+            {"type": {"const": "setMode"}, "mode": MODE, "destination": DESTINATION},
+            ("type", "mode"),
+        ),
+        obj(
+            {
+                "type": {"enum": ["addDirectories", "removeDirectories"]},
+                "directories": {"type": "array", "items": ANY_TEXT},
+                "destination": DESTINATION,
+            },
+            ("type", "directories"),
+        ),
+    ]
+}
+
 INBOUND: dict[str, Schema] = {
     "UserMessage": obj(
         {
@@ -63,13 +98,16 @@ INBOUND: dict[str, Schema] = {
             "correlation_id": TEXT,
             "behavior": {"enum": ["allow", "deny"]},
             "updated_input": nullable({"type": "object"}),
-            "updated_permissions": nullable(
-                {"type": "array", "items": obj({"type": ANY_TEXT}, ("type",))}
-            ),
+            "updated_permissions": nullable({"type": "array", "items": PERMISSION_UPDATE}),
             "message": nullable(ANY_TEXT),
-            "interrupt": nullable({"type": "boolean", "description": "only with behavior deny"}),
+            "interrupt": nullable({"type": "boolean", "description": "true only with deny"}),
         },
         ("type", "correlation_id", "behavior"),
+        # interrupt_with_allow: stopping the turn is part of a denial only
+        **{
+            "if": {"properties": {"behavior": {"const": "allow"}}, "required": ["behavior"]},
+            "then": {"properties": {"interrupt": {"not": {"const": True}}}},
+        },
     ),
     "QuestionResponse": obj(
         {

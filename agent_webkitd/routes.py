@@ -71,7 +71,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        response = error_response(ApiError(exc.status, code, exc.reason))
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = error_response(ApiError(exc.status, code, exc.reason, allow))
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         response = error_response(ApiError(500, "internal", "internal server error"))
@@ -131,7 +132,7 @@ async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
     raw = await request.read()
     if not raw.strip():
         if allow_empty:
-            return None
+            return {}  # no body: the same as an empty object
         raise bad_request("invalid_body", "the request body must be a JSON object")
     too_deep = bad_request(
         "json_too_deep", f"the request body is nested deeper than {wire.MAX_DEPTH} levels"

@@ -528,7 +528,12 @@ class Session:
                     ) from None
                 if self._lifecycle is None:  # hibernated: wake up
                     self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
-            case wire.PermissionResponse() | wire.QuestionResponse():
+            case wire.PermissionResponse(updated_permissions=updates):
+                for update in updates or ():  # a setMode rule obeys the operator's policy too
+                    if update.type == "setMode" and update.mode is not None:
+                        wire.check_mode_allowed(update.mode, allowed_modes)
+                self.bridge.reply(message, subscriber)
+            case wire.QuestionResponse():
                 self.bridge.reply(message, subscriber)
             case wire.SetPermissionMode(mode=mode):
                 wire.check_mode_allowed(mode, allowed_modes)

@@ -111,8 +111,6 @@ def within_depth(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 
 def parse_create(body: Any) -> CreateSession:
-    if body is None:
-        return CreateSession()
     _check("CreateSession", body)
     return CreateSession(
         model=_unicode("model", body.get("model")),
@@ -132,6 +130,14 @@ def parse_inbound(body: Any) -> Inbound:
             "unknown_type",
             f"unknown message type {kind!r}; expected one of {', '.join(INBOUND_BY_TYPE)}",
         )
+    if (
+        kind == "permission_response"
+        and body.get("interrupt") is True
+        and body.get("behavior") == "allow"
+    ):
+        raise bad_request(
+            "interrupt_with_allow", "field 'interrupt' can be true only with behavior 'deny'"
+        )
     _check(INBOUND_BY_TYPE[kind], body)
     match kind:
         case "user_message":
@@ -139,10 +145,6 @@ def parse_inbound(body: Any) -> Inbound:
         case "interrupt":
             return Interrupt()
         case "permission_response":
-            if body.get("interrupt") is not None and body["behavior"] == "allow":
-                raise bad_request(
-                    "interrupt_with_allow", "field 'interrupt' is only valid with behavior 'deny'"
-                )
             return PermissionResponse(
                 correlation_id=body["correlation_id"],
                 behavior=body["behavior"],

@@ -255,3 +255,14 @@ async def test_hostile_bodies_get_400_with_a_stable_code_never_500(api: Api, dae
         assert (status, error_code(payload)) == (400, code), (path, raw[:80], payload)
     status, _, _ = await api.request("GET", "/healthz")
     assert status == 200
+
+
+async def test_a_permission_rule_cannot_switch_to_a_mode_the_operator_forbids(api: Api) -> None:
+    session_id = await api.create()
+    reply = {"type": "permission_response", "correlation_id": "toolu_x", "behavior": "allow",
+             "updated_permissions": [{"type": "setMode", "mode": "bypassPermissions", "destination": "session"}]}
+    status, payload = await api.send(session_id, reply)
+    assert (status, error_code(payload)) == (403, "mode_not_allowed")
+    allowed = {**reply, "updated_permissions": [{"type": "setMode", "mode": "plan"}]}
+    status, payload = await api.send(session_id, allowed)
+    assert (status, error_code(payload)) == (409, "unknown_correlation_id")  # past the policy
