@@ -7,6 +7,11 @@ connect() to disconnect(). It hands every SDK message to the session and reports
 process ended: stopped on request (None), or on its own (crash, kill, unreadable output)
 as an AgentExit with the exit code and the stderr tail.
 
+A CLI that hangs is killed from outside: every CLI process carries a marker in its
+environment, so `kill()` finds it (and anything it started) without reaching into the
+SDK; the SDK then sees the process end and cleans up as after a crash. Cancelling the
+SDK mid-connect instead could skip its kill escalation and orphan the process.
+
 Also here: where the CLI keeps its own transcripts (a resume needs one), and the restart
 intensity that turns repeated crashes into a crash loop.
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +40,8 @@ from claude_agent_sdk._errors import MessageParseError
 
 STDERR_TAIL_LINES = 40
 INTERRUPT_ON_STOP_TIMEOUT_S = 2.0
+MARKER_ENV = "AGENT_WEBKITD_AGENT"  # in every CLI's environment: how kill() finds it
+KILLED_GRACE_S = 10.0  # after a kill, how long the SDK may take to notice
 
 
 class AgentStartFailed(Exception):
@@ -58,7 +67,11 @@ class Agent:
         logger: Any,
     ) -> None:
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self.client = ClaudeSDKClient(dataclasses.replace(options, stderr=self._stderr.append))
+        self.marker = uuid.uuid4().hex
+        env = {**options.env, MARKER_ENV: self.marker}
+        self.client = ClaudeSDKClient(
+            dataclasses.replace(options, stderr=self._stderr.append, env=env)
+        )
         self._on_message = on_message
         self._logger = logger
         loop = asyncio.get_running_loop()
@@ -69,13 +82,36 @@ class Agent:
         self._interrupt_on_stop = False
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> float:
+    async def start(self, timeout_s: float) -> float:
         """Start the process and connect; returns the seconds it took. Raises
-        AgentStartFailed (with the stderr tail) if it cannot."""
+        AgentStartFailed (with the stderr tail) if it cannot, or not within `timeout_s`
+        (then the process is killed: nothing is left running)."""
         started = time.monotonic()
         self._task = asyncio.create_task(self._main(), name="agent")
-        await asyncio.shield(self._connected)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._connected)
+        except TimeoutError:
+            await self.kill()
+            try:
+                async with asyncio.timeout(KILLED_GRACE_S):
+                    await asyncio.shield(self._connected)
+            except (AgentStartFailed, TimeoutError):
+                pass
+            raise AgentStartFailed(
+                f"the agent did not start within {timeout_s:g} s", self.stderr_tail()
+            ) from None
         return time.monotonic() - started
+
+    async def kill(self) -> int:
+        """SIGKILL the CLI process and whatever it started; returns how many were found."""
+        pids = await asyncio.to_thread(processes_marked, self.marker)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
 
     def stop(self, *, interrupt: bool = False) -> None:
         """Disconnect cleanly (the SDK flushes the transcript; the CLI exits); with
@@ -151,6 +187,20 @@ class Agent:
         tail = self.stderr_tail()
         message = f"{head}; stderr: {tail[-2000:]}" if tail else head
         return AgentExit(code, message, exit_code)
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment carries this agent's marker."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # gone, or not ours to read
+                continue
+    return found
 
 
 class RestartIntensity:

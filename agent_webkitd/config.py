@@ -35,6 +35,7 @@ class ServerConfig:
     keepalive_s: float = 15
     max_body_bytes: int = 1_048_576
     drain_timeout_s: float = 600
+    write_timeout_s: float = 30  # a subscriber that takes no bytes this long is cut off
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class SessionsConfig:
     hibernate_after_s: float = 120  # stop the CLI of a session idle this long; 0 = never
     max_live_agents: int = 0  # CLI processes at once; 0 = max_sessions
     max_concurrent_starts: int = 4  # CLIs starting at once (wakes, creates)
+    turn_idle_timeout_s: float = 1800  # a turn silent this long is interrupted; 0 = never
+    turn_kill_grace_s: float = 10  # ...and its CLI killed if the interrupt does not end it
 
     @property
     def live_agents_cap(self) -> int:
@@ -67,6 +70,7 @@ class AgentConfig:
     cwd: str = ""
     allowed_cwd_roots: tuple[str, ...] = ()
     include_partial_messages: bool = True
+    start_timeout_s: float = 60  # a CLI not connected by then is killed (502, wake_failed)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -193,6 +197,10 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.hibernate_after_s", s.hibernate_after_s, zero_ok=True)
     _positive("sessions.max_live_agents", s.max_live_agents, zero_ok=True)
     _positive("sessions.max_concurrent_starts", s.max_concurrent_starts)
+    _positive("sessions.turn_idle_timeout_s", s.turn_idle_timeout_s, zero_ok=True)
+    _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)
+    _positive("agent.start_timeout_s", a.start_timeout_s)
+    _positive("server.write_timeout_s", config.server.write_timeout_s)
     for mode in (*a.allowed_permission_modes, a.permission_mode):
         if mode not in PERMISSION_MODES:
             raise ConfigError(

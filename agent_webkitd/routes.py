@@ -175,6 +175,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             after,
             {SUBSCRIBER_HEADER: subscriber},
             supervisor.store,
+            write_timeout_s=request.app[CONFIG].server.write_timeout_s,
             from_edge=cursor is None,
         )
     finally:

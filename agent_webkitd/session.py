@@ -53,6 +53,7 @@ DECISION_ENDINGS = (
     "permission_expired",
     "permission_cancelled",
 )
+INTERRUPT_TIMEOUT_S = 5.0
 # States in which no turn was under way.
 SETTLED_STATES = ("idle", "hibernated", "closed")
 
@@ -120,6 +121,10 @@ class Session:
         self._closed = False
         self._release = False  # closing hands the session to another host instead
         self._exits = RestartIntensity()
+        self._last_output = time.monotonic()  # the CLI's last message (the turn watchdog)
+        self._stalled_since: float | None = None  # interrupted for silence at this time
+        self._stall_killed = False
+        self._chores: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -285,7 +290,7 @@ class Session:
         async with self._slots.starting():
             self._starting = agent  # from here close() stops the agent instead of cancelling
             try:
-                spawn_s = await agent.start()
+                spawn_s = await agent.start(self.spec.agent.start_timeout_s)
                 await self._apply_settings(agent)
             finally:
                 self._starting = None
@@ -325,6 +330,13 @@ class Session:
         if self._inbox.empty():  # else a woken session goes from waking to running
             self._emit_live_state()
         exit_ = await agent.exited
+        if exit_ is not None and self._stall_killed:
+            exit_ = AgentExit(
+                "turn_stalled",
+                "the agent sent nothing for too long; it was interrupted, then killed"
+                f" ({exit_.message})",
+                exit_.exit_code,
+            )
         if exit_ is not None:  # reported before the decisions it takes with it
             self.emit("error", {"code": exit_.code, "message": exit_.message})
         self._turns.cancel()
@@ -333,7 +345,8 @@ class Session:
         self._agent = self._turns = None
         self._slots.release(self)
         aborted_turn = self._in_turn
-        self._in_turn = self._cancelling = False
+        self._in_turn = self._cancelling = self._stall_killed = False
+        self._stalled_since = None
         self.bridge.process_ended()
         if exit_ is not None:
             self._agent_exited(exit_, aborted_turn)
@@ -422,6 +435,38 @@ class Session:
         """Seconds since it was last used, while it could hibernate (else 0)."""
         return time.monotonic() - self.last_used if self.can_hibernate() else 0.0
 
+    def watch_turn(self, silence_limit_s: float, kill_grace_s: float) -> None:
+        """The turn watchdog (called by the Supervisor's sweep): a turn whose CLI has sent
+        nothing for `silence_limit_s` (not waiting for a person) is interrupted; if that
+        does not end it within `kill_grace_s`, the CLI is killed (`error turn_stalled`)."""
+        agent = self._agent
+        if agent is None or not self._in_turn or self.bridge.decisions.pending:
+            return
+        now = time.monotonic()
+        if self._stalled_since is None:
+            if now - self._last_output >= silence_limit_s:
+                self._stalled_since = now
+                self.logger.warning("turn_stalled", silent_s=round(now - self._last_output, 1))
+                self._cancelling = True
+                self._emit_live_state()
+                self._background(self._interrupt_quietly(agent))
+        elif now - self._stalled_since >= kill_grace_s and not agent.stopping:
+            self._stall_killed = True
+            self.logger.error("turn_stalled_kill", grace_s=kill_grace_s)
+            self._background(agent.kill())
+
+    async def _interrupt_quietly(self, agent: Agent) -> None:
+        try:
+            async with asyncio.timeout(INTERRUPT_TIMEOUT_S):
+                await agent.client.interrupt()
+        except Exception as exc:  # a hung CLI does not answer; the kill follows
+            self.logger.warning("stall_interrupt_failed", error=str(exc))
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
     @property
     def busy(self) -> bool:
         """A turn is running or waiting in the queue."""
@@ -480,6 +525,8 @@ class Session:
 
     async def _on_message(self, message: Any) -> None:
         """One SDK message from the CLI."""
+        self._last_output = time.monotonic()
+        self._stalled_since = None
         await self.store.room()  # a database that lags pauses the CLI
         if self.bridge.handle(message):
             self._turn_done.set()
@@ -493,6 +540,7 @@ class Session:
             message = await self._inbox.get()
             self._turn_done.clear()
             self._in_turn = True
+            self._last_output = time.monotonic()
             self._emit_live_state()
             started = time.monotonic()
             try:

@@ -8,6 +8,8 @@ timed by the log's pulses (one shared ticker, no timer per event or per subscrib
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from .errors import ApiError, bad_request
@@ -57,12 +59,24 @@ async def stream_events(
     headers: dict[str, str],
     store: Store,
     *,
+    write_timeout_s: float,
     from_edge: bool = False,
 ) -> tuple[web.StreamResponse, bool]:
     """Stream until `done` or the client leaves. Returns the response and whether the
-    subscriber was evicted for falling out of the ring (a durable store serves such a
-    subscriber from the database instead). `from_edge`: the client gave no cursor, so if
-    the ring moves on before its first frame, it starts at the new edge instead."""
+    subscriber was evicted: for falling out of the ring (a durable store serves such a
+    subscriber from the database instead), or for taking no bytes for `write_timeout_s`
+    (its connection is cut, so what waits for it stays bounded). `from_edge`: the client
+    gave no cursor, so if the ring moves on before its first frame, it starts at the new
+    edge instead."""
+
+    async def send(data: bytes) -> None:
+        transport = request.transport
+        if transport is not None and not transport.get_write_buffer_size() and len(data) < 65536:
+            await response.write(data)  # the client keeps up: this cannot wait (no timer)
+            return
+        async with asyncio.timeout(write_timeout_s):
+            await response.write(data)
+
     response = web.StreamResponse(
         status=200,
         headers={
@@ -74,7 +88,7 @@ async def stream_events(
         },
     )
     await response.prepare(request)
-    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    await send(f"retry: {RETRY_MS}\n\n".encode())
     cursor = after
     evicted = False
     idle_pulses = 0
@@ -95,7 +109,7 @@ async def stream_events(
                     except Exception:  # the database is away: end; the client resumes
                         break
                 if not frames:
-                    await response.write(
+                    await send(
                         encode_frame(
                             None,
                             "error",
@@ -110,7 +124,7 @@ async def stream_events(
                     break
                 cursor += len(frames)
                 idle_pulses = 0
-                await response.write(b"".join(frames))
+                await send(b"".join(frames))
                 continue
             if log.ended:
                 break
@@ -123,7 +137,11 @@ async def stream_events(
                 idle_pulses += 1
                 if idle_pulses >= IDLE_PULSES_PER_KEEPALIVE:
                     idle_pulses = 0
-                    await response.write(KEEPALIVE)
+                    await send(KEEPALIVE)
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away; nothing to clean up but this task
+    except TimeoutError:  # it reads nothing: cut it off rather than buffer for it
+        evicted = True
+        if request.transport is not None:
+            request.transport.abort()
     return response, evicted

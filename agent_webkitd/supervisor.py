@@ -112,6 +112,7 @@ class Supervisor:
     async def _idle_sweep(self) -> None:
         timeout = self.config.sessions.idle_timeout_s
         hibernate_after = self.config.sessions.hibernate_after_s
+        watchdog = self.config.sessions
         period = min(IDLE_SWEEP_S, timeout / 4, (hibernate_after or IDLE_SWEEP_S) / 4)
         while True:
             await asyncio.sleep(period)
@@ -122,6 +123,8 @@ class Supervisor:
                     self._close_in_background(session, "idle")
                 elif hibernate_after and session.quiet_for() >= hibernate_after:
                     session.request_hibernation()
+                if watchdog.turn_idle_timeout_s:
+                    session.watch_turn(watchdog.turn_idle_timeout_s, watchdog.turn_kill_grace_s)
 
     def _admit(self) -> None:
         """Raise 503 unless this host can take one more session."""

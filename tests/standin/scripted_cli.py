@@ -8,13 +8,13 @@ user turn from a scenario. Stdlib only.
 Scenario: the JSON file named by $SCRIPTED_CLI_SCENARIO, else ./scenario.json, else echo.
 
     {"turns": [{"steps": [...]}, ...], "then": "echo" | "repeat_last", "mcp": [...],
-     "on_start": {"delay": 0.5, "crash": {"exit_code": 7, "stderr": "..."}}}
+     "on_start": {"delay": 0.5, "crash": {"exit_code": 7, "stderr": "..."}, "hang": true}}
 
 Turn i uses turns[i] (a resumed session goes on counting from its transcript's turns);
 after that `then` decides (default "echo"). `mcp` (optional) is the initial `mcp_servers`
 list of system/init. `on_start` (optional) makes the CLI wait `delay` seconds before it
-answers `initialize`, or crash instead (it is read when the CLI starts, so a test can
-change it between starts). Steps, run in order; when they are done
+answers `initialize`, or crash instead, or hang (never answer, ignore stdin's end); it is
+read when the CLI starts, so a test can change it between starts. Steps, run in order; when they are done
 the turn ends with a `result` (subtype success) and session_state_changed idle:
 
     {"text": "hi", "delay": 0.05}     one assistant message with one text block; `delay`
@@ -242,8 +242,8 @@ def load_scenario() -> Scenario:
     if then not in ("echo", "repeat_last"):
         raise ScenarioError(f"{path}: 'then' must be 'echo' or 'repeat_last', not {then!r}")
     on_start = data.get("on_start", {})
-    if not isinstance(on_start, dict) or set(on_start) - {"crash", "delay"}:
-        raise ScenarioError(f"{path}: 'on_start' may only hold 'delay' and 'crash'")
+    if not isinstance(on_start, dict) or set(on_start) - {"crash", "delay", "hang"}:
+        raise ScenarioError(f"{path}: 'on_start' may only hold 'delay', 'crash' and 'hang'")
     return Scenario(turns=turns, then=then, mcp=list(data.get("mcp", [])), on_start=on_start)
 
 
@@ -502,6 +502,12 @@ class ScriptedCli:
         # raises ResultError instead of a bare ProcessError when it is still reading.
         return 1 if self.last_result_is_error else 0
 
+    def hang(self) -> NoReturn:
+        """Stop responding: ignore stdin and its end, as a wedged CLI would."""
+        self.hanging = True
+        while True:
+            time.sleep(3600)
+
     def crash(self, crash: Frame) -> NoReturn:
         sys.stderr.write(str(crash.get("stderr", "")) + "\n")
         self.exit(int(crash.get("exit_code", 1)))
@@ -527,6 +533,8 @@ class ScriptedCli:
         subtype = request.get("subtype")
         if subtype == "initialize":
             time.sleep(float(self.scenario.on_start.get("delay", 0)))
+            if self.scenario.on_start.get("hang"):
+                self.hang()
             if "crash" in self.scenario.on_start:
                 self.crash(self.scenario.on_start["crash"])
             if self.refused_resume:
@@ -635,9 +643,7 @@ class ScriptedCli:
         elif kind == "exit_quietly":
             self.exit(0)
         elif kind == "hang":
-            self.hanging = True
-            while True:
-                time.sleep(3600)
+            self.hang()
         elif kind == "big_line":
             turn.messages += 1
             self.assistant(new_id("msg_"), {"type": "text", "text": "x" * int(step["big_line"])})
