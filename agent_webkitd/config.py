@@ -36,6 +36,7 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     drain_timeout_s: float = 600
     write_timeout_s: float = 30  # a subscriber that takes no bytes this long is cut off
+    max_streams: int = 4096  # open SSE streams on this host (each is a file descriptor)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class SessionsConfig:
     max_concurrent_starts: int = 4  # CLIs starting at once (wakes, creates)
     turn_idle_timeout_s: float = 1800  # a turn silent this long is interrupted; 0 = never
     turn_kill_grace_s: float = 10  # ...and its CLI killed if the interrupt does not end it
+    max_streams_per_session: int = 32
+    max_message_bytes: int = 262_144  # the text of one user message, UTF-8
+    max_image_bytes: int = 1_048_576  # one image of a user message, decoded
 
     @property
     def live_agents_cap(self) -> int:
@@ -201,6 +205,10 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)
     _positive("agent.start_timeout_s", a.start_timeout_s)
     _positive("server.write_timeout_s", config.server.write_timeout_s)
+    _positive("server.max_streams", config.server.max_streams)
+    _positive("sessions.max_streams_per_session", s.max_streams_per_session)
+    _positive("sessions.max_message_bytes", s.max_message_bytes)
+    _positive("sessions.max_image_bytes", s.max_image_bytes)
     for mode in (*a.allowed_permission_modes, a.permission_mode):
         if mode not in PERMISSION_MODES:
             raise ConfigError(

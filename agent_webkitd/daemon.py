@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import warnings
@@ -31,6 +32,8 @@ from .supervisor import Supervisor
 from .wire import PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
+FD_BASE = 128  # the listener, logs, the store's files or pool, the Python runtime
+FD_PER_CLI = 4
 
 # Secrets the daemon reads at start-up and then removes from its environment, so the
 # CLI processes (and the tools they run) never inherit them.
@@ -67,6 +70,22 @@ def build_store(config: Config, dsn: str) -> Store:
     return MemoryStore()
 
 
+def raise_file_limit(config: Config) -> None:
+    """Each stream is a file descriptor and each live CLI about four (three pipes and a
+    pidfd); raise the soft limit toward what the config can need, and say if the hard
+    limit (LimitNOFILE= in the unit) is too low."""
+    needed = FD_BASE + config.server.max_streams + FD_PER_CLI * config.sessions.live_agents_cap
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        log.warning("file_limit_low", limit=soft, needed=needed, hint="raise LimitNOFILE=")
+    else:
+        log.info("file_limit", limit=soft, needed=needed)
+
+
 def watch_children_with_pidfd() -> None:
     """Python 3.11's default child watcher parks one thread in waitpid() per CLI process
     (1000 sessions: 1000 threads). A pidfd watcher waits on file descriptors in the event
@@ -87,6 +106,7 @@ def watch_children_with_pidfd() -> None:
 async def serve(config: Config, token: str, dsn: str = "") -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
+    raise_file_limit(config)
     store = build_store(config, dsn)
     try:
         await store.start()

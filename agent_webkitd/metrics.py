@@ -90,6 +90,12 @@ class Metrics:
             "POST /sessions refused, by reason: at_capacity, agents_busy, draining.",
             registry=r,
         )
+        self.limit_rejections = Counter(
+            "agent_webkit_limit_rejections_total",
+            "Requests refused by a limit, by limit: message_bytes, image_bytes, inbound_queue,"
+            " streams_per_session, streams.",
+            registry=r,
+        )
         self.subscribers_live = Gauge(
             "agent_webkit_subscribers_live", "Open SSE streams.", registry=r
         )

@@ -346,6 +346,7 @@ ERRORS = {
     409: "The decision was already made, or never issued",
     412: "The Last-Event-ID cursor is no longer (or not yet) available",
     413: "Request body too large",
+    429: "Too many at once on this session: retry after Retry-After seconds",
     502: "The agent process failed",
     503: "Unavailable now: retry after Retry-After seconds",
 }
@@ -476,7 +477,8 @@ def paths() -> dict[str, Any]:
                             **AUTH,
                             404: ["not_found"],
                             412: ["cursor_unavailable"],
-                            503: DURABLE_ERRORS,
+                            429: ["too_many_streams"],
+                            503: ["stream_capacity", *DURABLE_ERRORS],
                         }
                     ),
                 },
@@ -505,7 +507,7 @@ def paths() -> dict[str, Any]:
                             403: ["mode_not_allowed"],
                             404: ["not_found"],
                             409: ["already_resolved", "unknown_correlation_id"],
-                            413: ["payload_too_large"],
+                            413: ["payload_too_large", "message_too_large", "image_too_large"],
                             502: ["agent_error"],
                             503: ["backpressure", *DURABLE_ERRORS],
                         }

@@ -167,7 +167,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             supervisor.metrics.resume_412.inc({})
         raise
     subscriber = subscriber_id(request) or f"sub-{uuid.uuid4().hex[:12]}"
-    session.attach()
+    supervisor.open_stream(session)
     try:
         response, evicted = await sse.stream_events(
             request,
@@ -179,7 +179,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             from_edge=cursor is None,
         )
     finally:
-        session.detach()
+        supervisor.close_stream(session)
     if evicted:
         supervisor.metrics.subscribers_evicted.inc({})
         session.logger.info("subscriber_evicted", subscriber_id=subscriber)

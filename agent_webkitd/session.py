@@ -69,6 +69,8 @@ class SessionSpec:
     ring_size: int
     inbound_queue_size: int
     permission_timeout_s: float
+    max_message_bytes: int
+    max_image_bytes: int
 
 
 class WakeFailed(Exception):
@@ -567,10 +569,12 @@ class Session:
         self.use()
         agent = self._agent
         match message:
-            case wire.UserMessage():
+            case wire.UserMessage(content=content):
+                self._check_size(content)
                 try:
                     self._inbox.put_nowait(message)
                 except asyncio.QueueFull:
+                    self.metrics.limit_rejections.inc({"limit": "inbound_queue"})
                     raise unavailable(
                         "backpressure", "too many queued messages for this session; retry later", 2
                     ) from None
@@ -602,6 +606,25 @@ class Session:
                     self._cancelling = True
                     self._emit_live_state()
                     await _control(agent.client.interrupt())
+
+    def _check_size(self, content: str | list[dict[str, Any]]) -> None:
+        """413 for a user message whose text or any image is over the session's limits."""
+        text, images = wire.content_sizes(content)
+        spec = self.spec
+        if text > spec.max_message_bytes:
+            self.metrics.limit_rejections.inc({"limit": "message_bytes"})
+            raise ApiError(
+                413,
+                "message_too_large",
+                f"the message's text is {text} bytes; at most {spec.max_message_bytes} are taken",
+            )
+        if images and max(images) > spec.max_image_bytes:
+            self.metrics.limit_rejections.inc({"limit": "image_bytes"})
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"an image is {max(images)} bytes; at most {spec.max_image_bytes} are taken",
+            )
 
     def _spec_record(self) -> dict[str, Any]:
         """What the store keeps of the session's settings (another host wakes it with them)."""

@@ -43,6 +43,7 @@ class Supervisor:
             config.sessions.live_agents_cap, config.sessions.max_concurrent_starts
         )
         self.draining = False
+        self.streams = 0  # open SSE streams on this host
         self._starting = 0  # creations in flight, reserved against the cap
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -151,6 +152,8 @@ class Supervisor:
             ring_size=self.config.sessions.ring_size,
             inbound_queue_size=self.config.sessions.inbound_queue_size,
             permission_timeout_s=self.config.sessions.permission_timeout_s,
+            max_message_bytes=self.config.sessions.max_message_bytes,
+            max_image_bytes=self.config.sessions.max_image_bytes,
         )
 
     async def create(self, request: wire.CreateSession) -> Session:
@@ -297,6 +300,28 @@ class Supervisor:
         if not is_dir:
             raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
         return real
+
+    def open_stream(self, session: Session) -> None:
+        """Count a new subscriber in, within the per-session and per-host stream limits."""
+        if session.subscribers >= self.config.sessions.max_streams_per_session:
+            self.metrics.limit_rejections.inc({"limit": "streams_per_session"})
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"this session has {session.subscribers} open streams, the most it takes",
+                {"Retry-After": "5"},
+            )
+        if self.streams >= self.config.server.max_streams:
+            self.metrics.limit_rejections.inc({"limit": "streams"})
+            raise unavailable(
+                "stream_capacity", f"this server has {self.streams} open streams, its limit", 5
+            )
+        self.streams += 1
+        session.attach()
+
+    def close_stream(self, session: Session) -> None:
+        self.streams -= 1
+        session.detach()
 
     def counts(self) -> dict[str, int]:
         """How many sessions and CLI processes there are (GET /sessions, /healthz)."""

@@ -110,6 +110,17 @@ def within_depth(value: Any, limit: int = MAX_DEPTH) -> bool:
     return not any(isinstance(item, dict | list) for item in level)
 
 
+def content_sizes(content: str | list[dict[str, Any]]) -> tuple[int, list[int]]:
+    """A user message's text in UTF-8 bytes, and each image's decoded size in bytes."""
+    if isinstance(content, str):
+        return len(content.encode(errors="surrogatepass")), []
+    text = sum(
+        len(b["text"].encode(errors="surrogatepass")) for b in content if b["type"] == "text"
+    )
+    images = [len(b["source"]["data"]) * 3 // 4 for b in content if b["type"] == "image"]
+    return text, images
+
+
 def parse_create(body: Any) -> CreateSession:
     _check("CreateSession", body)
     return CreateSession(
