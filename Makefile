@@ -19,9 +19,11 @@ run: install
 	$(BIN)/agent-webkitd --config conf/dev.toml
 
 # The Postgres store's tests need PostgreSQL: start the local server if it is down
-# (skipped when AGENT_WEBKITD_TEST_PG names another server).
+# (skipped when AGENT_WEBKITD_TEST_PG names another server); strace, promtool and
+# systemd-analyze are installed from Debian's packages if missing.
 test: install
 	@test -n "$$AGENT_WEBKITD_TEST_PG" || scripts/ensure-postgres
+	@scripts/ensure-test-tools
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -42,6 +42,24 @@ class Metrics:
             "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), drain (shutdown), lost (claimed by another host).",
             registry=r,
         )
+        self.max_sessions = Gauge(
+            "agent_webkit_max_sessions", "[sessions] max_sessions: the cap on sessions.", registry=r
+        )
+        self.max_live_agents = Gauge(
+            "agent_webkit_max_live_agents",
+            "The cap on CLI processes ([sessions] max_live_agents, or max_sessions).",
+            registry=r,
+        )
+        self.store_healthy = Gauge(
+            "agent_webkit_store_healthy",
+            "1 while the session store takes writes, 0 while events wait for it.",
+            registry=r,
+        )
+        self.agent_start_failures = Counter(
+            "agent_webkit_agent_start_failures_total",
+            "CLI processes that could not start for a new session (502 agent_start_failed).",
+            registry=r,
+        )
         self.agents_live = Gauge(
             "agent_webkit_agents_live",
             "Claude Code CLI processes (starting, serving or stopping).",

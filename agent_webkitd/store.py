@@ -46,6 +46,7 @@ class SessionOwnedElsewhere(Exception):
 class Store(Protocol):
     durable: bool  # events outlive the process: replay from the store, release at shutdown
     shared: bool  # other hosts use the same store and may claim a session
+    healthy: bool  # False while events wait for the store (database down, disk full)
     # Set by the Supervisor: called with a session id when another host has taken it.
     on_session_lost: Callable[[str], None]
 
@@ -107,6 +108,7 @@ class MemoryStore:
 
     durable = False
     shared = False
+    healthy = True
 
     def __init__(self) -> None:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None

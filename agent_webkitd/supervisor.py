@@ -191,6 +191,7 @@ class Supervisor:
             await self.store.session_closed(session.id, "error")
             raise
         except AgentStartFailed as exc:
+            self.metrics.agent_start_failures.inc({})
             session.logger.warning("agent_start_failed", error=str(exc))
             await self.store.session_closed(session.id, "error")
             tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
@@ -342,6 +343,9 @@ class Supervisor:
         self.metrics.sessions_live.set({}, counts["live_sessions"])
         self.metrics.agents_live.set({}, counts["live_agents"])
         self.metrics.sessions_hibernated.set({}, counts["hibernated_sessions"])
+        self.metrics.max_sessions.set({}, self.config.sessions.max_sessions)
+        self.metrics.max_live_agents.set({}, counts["max_live_agents"])
+        self.metrics.store_healthy.set({}, 1 if self.store.healthy else 0)
         self.metrics.subscribers_live.set({}, sum(s.subscribers for s in sessions))
         self.metrics.decisions_pending.set(
             {}, sum(len(s.bridge.decisions.pending) for s in sessions)

@@ -6,6 +6,8 @@ tests pin the settings the drain and the sandbox depend on (issue 3, DESIGN.md Â
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -13,8 +15,15 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import claude_agent_sdk
 import pytest
+from claude_agent_sdk import ClaudeSDKClient, PermissionResultAllow
+
+from tests.standin.fixtures import fake_model_url, real_cli_options
+
+__all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "agent-webkitd.service"
@@ -51,8 +60,7 @@ def seconds(value: str) -> float:
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed on this machine, so the unit is not verified")
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing (Debian package systemd)"
     # verify checks that ExecStart's binary exists and is executable, and nothing else
     # this unit names that a test machine lacks: User=/Group=, EnvironmentFile=,
     # WorkingDirectory= and ReadWritePaths= are only resolved when the service starts.
@@ -124,3 +132,61 @@ def test_the_embedded_store_lives_where_the_unit_may_write_and_dev_keeps_it_out_
         ["git", "check-ignore", "-q", str(dev_file)], cwd=ROOT, capture_output=True, timeout=30
     )
     assert ignored.returncode == 0, f"{dev_file} would be committed"
+
+
+def test_the_unit_is_hardened_to_an_exposure_of_5_or_lower(tmp_path: Path) -> None:
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text())
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True, text=True, timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found[1]) <= 5.0, proc.stdout
+
+
+def allowed_system_calls(group: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls a SystemCallFilter= group admits, its nested groups expanded."""
+    seen = seen if seen is not None else set()
+    calls: set[str] = set()
+    listing = subprocess.run(
+        ["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, timeout=30
+    ).stdout.splitlines()[1:]
+    for line in (raw.strip() for raw in listing):
+        if line.startswith("@") and line not in seen:
+            seen.add(line)
+            calls |= allowed_system_calls(line, seen)
+        elif line and not line.startswith("#"):
+            calls.add(line)
+    return calls
+
+
+async def test_the_real_cli_running_a_tool_makes_only_system_calls_the_unit_allows(
+    fake_model_url: str, tmp_path: Path
+) -> None:
+    (group,) = service_settings()["SystemCallFilter"]
+    allowed = allowed_system_calls(group)
+    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    counts = tmp_path / "strace.out"
+    wrapper = tmp_path / "claude-under-strace"
+    assert shutil.which("strace"), "strace is missing (Debian package strace)"
+    wrapper.write_text(f'#!/bin/sh\nexec strace -f -qq -c -o {counts} {bundled} "$@"\n')
+    wrapper.chmod(0o755)
+
+    async def allow(name: str, data: dict[str, Any], context: Any) -> PermissionResultAllow:
+        return PermissionResultAllow()
+
+    options = dataclasses.replace(real_cli_options(fake_model_url, tmp_path, allow), cli_path=str(wrapper))
+    async with asyncio.timeout(60):
+        client = ClaudeSDKClient(options)
+        await client.connect()
+        await client.query("please write hello to out.txt")
+        async for _ in client.receive_response():
+            pass
+        await client.disconnect()
+    assert (tmp_path / "work" / "out.txt").read_text() == "hello\n"
+    used = {line.split()[-1] for line in counts.read_text().splitlines()[2:]
+            if line.strip() and not line.startswith("-") and line.split()[-1] != "total"}
+    assert len(used) > 20, counts.read_text()
+    assert used - allowed == set(), f"{group} would refuse these: {sorted(used - allowed)}"
