@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo bench fuzz openapi clean
+.PHONY: install run test lint demo bench fuzz soak openapi clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ demo: install
 # to skip the 1000-session phase. Raw results go to bench/results/.
 bench: install
 	$(BIN)/python -m bench.run $(ARGS)
+
+# Mixed load for 10 minutes (ARGS="--duration 60" for a short one); fails on a 5xx, a lost or
+# repeated event, a leftover process, or memory or descriptors growing after the warm-up.
+soak: install
+	$(BIN)/python -m bench.soak $(ARGS)
 
 # The hostile-input tests with many more examples than `make test` runs (~10 min).
 fuzz: install

@@ -316,6 +316,7 @@ EVENTS: dict[str, Schema] = {
                     "agent_protocol_error",
                     "wake_failed",
                     "crash_loop",
+                    "turn_stalled",
                     "turn_lost",
                     "evicted",
                     "encode_failed",
