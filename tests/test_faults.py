@@ -159,7 +159,14 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def test_thousands_of_connections_opened_and_dropped_leave_nothing_behind(api: Api, daemon: Daemon) -> None:
+async def test_thousands_of_connections_opened_and_dropped_leave_nothing_behind(start_daemon: Any) -> None:
+    daemon = await start_daemon({"sessions": {"max_streams_per_session": 250}})
+    assert daemon.proc is not None
+    async with api_for(daemon) as api:
+        await churn(api, daemon)
+
+
+async def churn(api: Api, daemon: Daemon) -> None:
     assert daemon.proc is not None
     session_id = await api.create()
     await api.say(session_id, "warm up")
