@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         from .daemon import StartupFailed, serve, take_secrets  # the SDK: only to serve
 
         configure_logging(config.logging)
-        token, dsn = take_secrets(config)
+        secrets = take_secrets(config)
     except ConfigError as exc:
         print(f"agent-webkitd: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, token, dsn))
+        asyncio.run(serve(config, secrets))
     except StartupFailed as exc:
         print(f"agent-webkitd: {exc}", file=sys.stderr)
         return 1

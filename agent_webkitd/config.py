@@ -21,6 +21,21 @@ from dotenv import load_dotenv
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 AUTH_TOKEN_ENV = "AGENT_WEBKIT_AUTH_TOKEN"
+TICKET_KEY_ENV = "AGENT_WEBKIT_TICKET_KEY"
+# Asymmetric only: a JWKS holds public keys, and an HMAC algorithm here would let a
+# public key be used as a shared secret.
+JWT_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 STORE_BACKENDS = ("sqlite", "memory", "postgres")
 
 
@@ -37,11 +52,37 @@ class ServerConfig:
     drain_timeout_s: float = 600
     write_timeout_s: float = 30  # a subscriber that takes no bytes this long is cut off
     max_streams: int = 4096  # open SSE streams on this host (each is a file descriptor)
+    cors_allowed_origins: tuple[str, ...] = ()  # exact origins a browser may call from
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """One more static bearer token: the principal `token:<name>`. Entries that share a
+    name are one principal with several tokens (rotation without a gap)."""
+
+    name: str = ""
+    env: str = ""  # the environment variable that holds the token
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """OIDC/JWT access tokens, checked against the identity provider's JWKS."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway_s: float = 30
+    admin_scope: str = ""  # a `scope`/`scp` value that makes a user an admin
 
 
 @dataclass(frozen=True)
 class AuthConfig:
     disabled: bool = False
+    stream_ticket_ttl_s: float = 300
+    tokens: tuple[TokenConfig, ...] = ()
+    jwt: JwtConfig | None = None  # absent = JWTs are not accepted
 
 
 @dataclass(frozen=True)
@@ -147,13 +188,36 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
         name = f"{prefix}{f.name}"
         hint = hints[f.name]
         value = raw[f.name]
-        if dataclasses.is_dataclass(hint):
+        table = _table_type(hint)
+        if table is not None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a table")
-            values[f.name] = _build(hint, value, prefix=f"{name}.")  # type: ignore[arg-type]
+            values[f.name] = _build(table, value, prefix=f"{name}.")
+        elif _tables_type(hint) is not None:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{name} must be an array of tables ([[{name}]])")
+            entry = _tables_type(hint)
+            values[f.name] = tuple(
+                _build(entry, v, prefix=f"{name}[{i}].") for i, v in enumerate(value)
+            )
         else:
             values[f.name] = _coerce(name, hint, value)
     return cls(**values)
+
+
+def _table_type(hint: Any) -> Any:
+    """The dataclass of a `[table]` key (also when optional: `JwtConfig | None`)."""
+    if isinstance(hint, types.UnionType):
+        hint = next((h for h in typing.get_args(hint) if h is not type(None)), None)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _tables_type(hint: Any) -> Any:
+    """The dataclass of an `[[array of tables]]` key (`tuple[TokenConfig, ...]`)."""
+    if typing.get_origin(hint) is tuple:
+        entry = typing.get_args(hint)[0]
+        return entry if dataclasses.is_dataclass(entry) else None
+    return None
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -239,11 +303,60 @@ def _check_semantics(config: Config) -> None:
         raise ConfigError(
             f"logging.level must be debug, info, warning or error, got {config.logging.level!r}"
         )
+    _check_auth(config)
+    for origin in config.server.cors_allowed_origins:
+        if not _is_origin(origin):
+            raise ConfigError(
+                f"server.cors_allowed_origins: {origin!r} is not an origin"
+                " (scheme://host[:port], no path, no trailing slash)"
+            )
     if config.auth.disabled and not is_loopback(config.server.host):
         raise ConfigError(
             f"auth.disabled = true is only allowed when server.host is a loopback address "
             f"(got {config.server.host!r})"
         )
+
+
+def _check_auth(config: Config) -> None:
+    auth = config.auth
+    _positive("auth.stream_ticket_ttl_s", auth.stream_ticket_ttl_s)
+    for i, token in enumerate(auth.tokens):
+        if (
+            not token.name
+            or not token.name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            raise ConfigError(
+                f"auth.tokens[{i}].name must be letters, digits, '-', '_' or '.', got {token.name!r}"
+            )
+        if not token.env:
+            raise ConfigError(f"auth.tokens[{i}].env must name an environment variable")
+    jwt = auth.jwt
+    if jwt is None:
+        return
+    for key in ("issuer", "audience", "jwks_url"):
+        if not getattr(jwt, key):
+            raise ConfigError(f"auth.jwt.{key} is required when [auth.jwt] is present")
+    if not jwt.jwks_url.startswith(("https://", "http://")):
+        raise ConfigError(f"auth.jwt.jwks_url must be an http(s) URL, got {jwt.jwks_url!r}")
+    if not jwt.algorithms:
+        raise ConfigError("auth.jwt.algorithms must list at least one algorithm")
+    for alg in jwt.algorithms:
+        if alg not in JWT_ALGORITHMS:
+            raise ConfigError(
+                f"auth.jwt.algorithms: {alg!r} is not allowed (one of {', '.join(JWT_ALGORITHMS)})"
+            )
+    _positive("auth.jwt.leeway_s", jwt.leeway_s, zero_ok=True)
+
+
+def _is_origin(origin: str) -> bool:
+    scheme, sep, rest = origin.partition("://")
+    return (
+        scheme in ("http", "https")
+        and bool(sep)
+        and bool(rest)
+        and not any(c in rest for c in "/?#@ ")
+        and origin == origin.lower()
+    )
 
 
 def _positive(
@@ -284,4 +397,6 @@ def redacted(config: Config) -> dict[str, Any]:
     if config.store.dsn:
         data["store"]["dsn"] = "<redacted>"
     data["auth"]["token"] = "<set>" if auth_token() else "<not set>"
+    for entry in data["auth"]["tokens"]:
+        entry["token"] = "<set>" if os.environ.get(entry["env"]) else "<not set>"
     return data

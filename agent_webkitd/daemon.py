@@ -18,40 +18,62 @@ import resource
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from . import __version__
-from .config import AUTH_TOKEN_ENV, DSN_ENV, Config, ConfigError, auth_token, store_dsn
+from .auth import Auth
+from .config import (
+    AUTH_TOKEN_ENV,
+    DSN_ENV,
+    TICKET_KEY_ENV,
+    Config,
+    ConfigError,
+    auth_token,
+    store_dsn,
+)
+from .jwtauth import JwtVerifier
 from .metrics import Metrics
+from .principals import Authenticator, Principal, static_tokens
 from .routes import build_app
 from .store import MemoryStore, Store
 from .supervisor import Supervisor
+from .tickets import Tickets, ticket_key
 from .wire import PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
 FD_BASE = 128  # the listener, logs, the store's files or pool, the Python runtime
 FD_PER_CLI = 4
 
-# Secrets the daemon reads at start-up and then removes from its environment, so the
-# CLI processes (and the tools they run) never inherit them.
-DAEMON_ONLY_ENV = (AUTH_TOKEN_ENV, DSN_ENV)
+
+@dataclass(frozen=True)
+class Secrets:
+    tokens: list[tuple[bytes, Principal]]  # every static bearer token, with its principal
+    ticket_key: bytes
+    dsn: str
 
 
-def take_secrets(config: Config) -> tuple[str, str]:
-    """The bearer token and the Postgres DSN, removed from the environment."""
-    token, dsn = auth_token(), store_dsn(config)
-    for name in DAEMON_ONLY_ENV:
-        os.environ.pop(name, None)
-    if not token and not config.auth.disabled:
+def take_secrets(config: Config) -> Secrets:
+    """The bearer tokens, the stream-ticket key and the Postgres DSN, removed from the
+    environment, so the CLI processes (and the tools they run) never inherit them."""
+    admin_token, dsn = auth_token(), store_dsn(config)
+    if not admin_token and not config.auth.disabled:
         raise ConfigError(
             f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)"
         )
     if config.store.backend == "postgres" and not dsn:
         raise ConfigError(f"store.backend is 'postgres' but neither store.dsn nor {DSN_ENV} is set")
-    return token, dsn
+    secrets = Secrets(
+        tokens=static_tokens(config),
+        ticket_key=ticket_key(os.environ.get(TICKET_KEY_ENV, ""), admin_token),
+        dsn=dsn,
+    )
+    for name in (AUTH_TOKEN_ENV, DSN_ENV, TICKET_KEY_ENV, *(t.env for t in config.auth.tokens)):
+        os.environ.pop(name, None)
+    return secrets
 
 
 class StartupFailed(Exception):
@@ -103,11 +125,19 @@ def watch_children_with_pidfd() -> None:
         asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
-async def serve(config: Config, token: str, dsn: str = "") -> None:
+def build_auth(config: Config, secrets: Secrets, metrics: Metrics) -> Auth:
+    jwt = JwtVerifier(config.auth.jwt) if config.auth.jwt is not None else None
+    authenticator = None if config.auth.disabled else Authenticator(secrets.tokens, jwt)
+    return Auth(
+        authenticator, Tickets(secrets.ticket_key, config.auth.stream_ticket_ttl_s), metrics
+    )
+
+
+async def serve(config: Config, secrets: Secrets) -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
     raise_file_limit(config)
-    store = build_store(config, dsn)
+    store = build_store(config, secrets.dsn)
     try:
         await store.start()
     except Exception as exc:  # unreachable database, file in use, schema too new: say which
@@ -115,13 +145,16 @@ async def serve(config: Config, token: str, dsn: str = "") -> None:
         raise StartupFailed(
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
-    supervisor = Supervisor(config, store, Metrics())
+    metrics = Metrics()
+    supervisor = Supervisor(config, store, metrics)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back
         await store.stop()
         raise StartupFailed(f"the stored sessions could not be loaded: {exc}") from exc
-    app = build_app(config, supervisor, token)
+    auth = build_auth(config, secrets, metrics)
+    await auth.start()
+    app = build_app(config, supervisor, auth)
     # handler_cancellation: a client that goes away cancels its handler at once, so an
     # SSE subscriber is counted out promptly (idle eviction depends on it). Handlers that
     # change state shield that work (see routes).
@@ -164,6 +197,7 @@ async def serve(config: Config, token: str, dsn: str = "") -> None:
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
     await store.stop()
+    await auth.stop()
     await runner.cleanup()
     # Shutdown is done: a late signal must not kill the process mid-exit (exit status
     # != 0). Take the handlers from the loop first, or closing it would restore SIG_DFL.

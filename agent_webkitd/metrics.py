@@ -1,9 +1,10 @@
 """Prometheus metrics (aioprometheus), one registry per daemon, rendered at GET /metrics.
 
-Label values that come from clients (`subscriber_id`) are bounded: trimmed to a safe
-length and character set, and only the first MAX_SUBSCRIBER_LABELS distinct values are
-kept; the rest are counted under "overflow", so a hostile client cannot explode the
-series count.
+Label values that come from clients (`subscriber_id`) or name users (`principal`) are
+bounded: subscriber ids are trimmed to a safe length and character set, and only the
+first MAX_LABELS distinct values of each are kept; the rest are counted under
+"overflow", so neither a hostile client nor a crowd of users can explode the series
+count.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render
 
-MAX_SUBSCRIBER_LABELS = 200
+MAX_LABELS = 200
 SUBSCRIBER_ID_MAX_LEN = 64
 OVERFLOW = "overflow"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
@@ -35,7 +36,14 @@ class Metrics:
             "agent_webkit_sessions_live", "Sessions currently hosted.", registry=r
         )
         self.sessions_created = Counter(
-            "agent_webkit_sessions_created_total", "Sessions created.", registry=r
+            "agent_webkit_sessions_created_total",
+            "Sessions created, by the principal that owns them.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "agent_webkit_auth_failures_total",
+            "Requests refused with 401, by reason: bad_token (no or an unknown bearer token), malformed, algorithm, no_kid, unknown_key, expired, invalid (JWTs), bad_ticket.",
+            registry=r,
         )
         self.sessions_evicted = Counter(
             "agent_webkit_sessions_evicted_total",
@@ -167,18 +175,25 @@ class Metrics:
             "HTTP requests by route, method and status.",
             registry=r,
         )
-        self._subscriber_labels: set[str] = set()
+        self._labels: dict[str, set[str]] = {"subscriber": set(), "principal": set()}
 
     def subscriber_label(self, subscriber_id: str | None) -> str:
-        """The bounded label value for a subscriber id."""
-        if not subscriber_id:
+        return self._bounded("subscriber", subscriber_id)
+
+    def principal_label(self, principal: str) -> str:
+        return self._bounded("principal", principal)
+
+    def _bounded(self, kind: str, value: str | None) -> str:
+        """The label value to use: `value` while fewer than MAX_LABELS are in use."""
+        if not value:
             return "unknown"
-        if subscriber_id in self._subscriber_labels:
-            return subscriber_id
-        if len(self._subscriber_labels) >= MAX_SUBSCRIBER_LABELS:
+        seen = self._labels[kind]
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABELS:
             return OVERFLOW
-        self._subscriber_labels.add(subscriber_id)
-        return subscriber_id
+        seen.add(value)
+        return value
 
     def render(self, accept: list[str]) -> tuple[bytes, dict[str, str]]:
         body, headers = render(self.registry, accept)

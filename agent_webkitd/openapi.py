@@ -183,6 +183,11 @@ SCHEMAS: dict[str, Schema] = {
     "Session": obj(
         {
             "session_id": ANY_TEXT,
+            "owner": {
+                "type": "string",
+                "description": "The principal that created it: token:default (the admin"
+                " token), token:<name> ([[auth.tokens]]) or jwt:<sub>",
+            },
             "state": {
                 "enum": [
                     "starting",
@@ -207,7 +212,14 @@ SCHEMAS: dict[str, Schema] = {
                 "oneOf": [{"type": "integer"}, {"type": "array", "items": {"type": "object"}}],
             },
         },
-        ("session_id", "state", "created_at", "last_seq", "pending_decisions"),
+        ("session_id", "owner", "state", "created_at", "last_seq", "pending_decisions"),
+    ),
+    "StreamTicket": obj(
+        {
+            "ticket": {"type": "string"},
+            "expires_in": {"type": "integer", "description": "seconds"},
+        },
+        ("ticket", "expires_in"),
     ),
     "Counts": obj(
         {
@@ -219,10 +231,11 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "SessionList": {
+        "description": "The counts (of the whole host) are shown to admins only.",
         "allOf": [
             ref("Counts"),
             obj({"sessions": {"type": "array", "items": ref("Session")}}, ("sessions",)),
-        ]
+        ],
     },
     "Health": {"allOf": [ref("Counts"), obj({"ok": {"const": True}}, ("ok",))]},
     "Ready": obj({"ready": {"type": "boolean"}, "reason": ANY_TEXT}, ("ready",)),
@@ -409,7 +422,18 @@ def paths() -> dict[str, Any]:
             },
             "get": {
                 "operationId": "listSessions",
-                "summary": "Every session on this host, and how many CLIs run",
+                "summary": "The caller's sessions on this host; an admin's: every one, and"
+                " how many CLIs run",
+                "parameters": [
+                    {
+                        "name": "owner",
+                        "in": "query",
+                        "required": False,
+                        "description": "Admins only: just this principal's sessions"
+                        " (ignored for anyone else)",
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "responses": {"200": ok("The sessions", ref("SessionList")), **errors(AUTH)},
             },
         },
@@ -461,6 +485,14 @@ def paths() -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "string"},
                     },
+                    {
+                        "name": "ticket",
+                        "in": "query",
+                        "required": False,
+                        "description": "A stream ticket (POST .../stream-ticket) instead of a"
+                        " bearer token, for the browser's native EventSource",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -482,6 +514,20 @@ def paths() -> dict[str, Any]:
                             503: ["stream_capacity", *DURABLE_ERRORS],
                         }
                     ),
+                },
+            },
+        },
+        "/sessions/{session_id}/stream-ticket": {
+            "parameters": [SESSION_ID],
+            "post": {
+                "operationId": "createStreamTicket",
+                "summary": "A read-only pass to this session's stream, for EventSource",
+                "description": "Use it as `GET /sessions/{id}/stream?ticket=...`: for this"
+                " session's stream only, as often as needed until it expires. Sent with"
+                " `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.",
+                "responses": {
+                    "200": ok("The ticket", ref("StreamTicket")),
+                    **errors({**AUTH, 404: ["not_found"], 503: DURABLE_ERRORS}),
                 },
             },
         },

@@ -53,11 +53,19 @@ RETRY_MAX_S = 2.0
 STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
-# Take session $1 for node $2 if it is open and {condition}: one statement, so of two
-# hosts racing exactly one wins.
+
+
+def _visible_to(param: str) -> str:
+    """SQL: session `s` is visible to the principal in `param` (NULL: an admin). Sessions
+    from before principals existed are the admin's."""
+    return f"({param}::text IS NULL OR coalesce(s.spec->>'owner', 'token:default') = {param})"
+
+
+# Take session $1 for node $2 if it is open, visible to $3, and {condition}: one
+# statement, so of two hosts racing exactly one wins.
 _CLAIM = (
     "UPDATE awk_sessions s SET owner = $2, updated_at = now()"
-    " WHERE s.id = $1 AND s.state = 'open' AND ({})"
+    f" WHERE s.id = $1 AND s.state = 'open' AND {_visible_to('$3')} AND ({{}})"
     " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq,"
     " extract(epoch FROM s.created_at)::float8 AS created_at"
 )
@@ -398,7 +406,9 @@ class PostgresStore:
                     log.info("store_heartbeat_recovered")
                 failing = False
 
-    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
         # Either the owner's lease has expired, or it was released (owner NULL).
         row = await self._pool.fetchrow(
             _CLAIM.format(
@@ -407,17 +417,19 @@ class PostgresStore:
             ),
             session_id,
             self.node_id,
+            principal,
         )
         if row is None:
             holder = await self._pool.fetchrow(
                 "SELECT s.state, s.owner, n.url FROM awk_sessions s"
-                " LEFT JOIN awk_nodes n ON n.id = s.owner WHERE s.id = $1",
+                f" LEFT JOIN awk_nodes n ON n.id = s.owner WHERE s.id = $1 AND {_visible_to('$2')}",
                 session_id,
+                principal,
             )
             if holder is None or holder["state"] != "open":
                 return None
             if holder["owner"] is not None and await owner_is_gone(holder["owner"], holder["url"]):
-                row = await self._claim_from_dead(session_id, holder["owner"])
+                row = await self._claim_from_dead(session_id, holder["owner"], principal)
             if row is None:
                 raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
         last_seq = row["last_seq"]
@@ -431,7 +443,9 @@ class PostgresStore:
             created_at=row["created_at"],
         )
 
-    async def _claim_from_dead(self, session_id: str, dead_owner: str) -> Any:
+    async def _claim_from_dead(
+        self, session_id: str, dead_owner: str, principal: str | None
+    ) -> Any:
         """The owner's port refuses connections: it is gone, however fresh its lease.
         Claim only if that is still the owner (of two claimants one wins), and end the
         dead node's lease so its other sessions move as quickly."""
@@ -441,7 +455,7 @@ class PostgresStore:
                 dead_owner,
             )
             return await conn.fetchrow(
-                _CLAIM.format("s.owner = $3"), session_id, self.node_id, dead_owner
+                _CLAIM.format("s.owner = $4"), session_id, self.node_id, principal, dead_owner
             )
 
 

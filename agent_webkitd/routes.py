@@ -1,14 +1,14 @@
-"""The HTTP layer: aiohttp routes, bearer auth, body limits and error mapping.
+"""The HTTP layer: aiohttp routes, body limits and error mapping.
 
-It parses and validates requests (through `wire`), asks the Supervisor, and turns every
-failure into `{"error": {"code", "message"}}` with the right status. It knows nothing
-about the SDK.
+Each request arrives with its principal (auth.py); a handler finds the session as that
+principal (404 unless theirs or they are an admin: the Supervisor decides), parses and
+validates the rest (through `wire`), and turns every failure into
+`{"error": {"code", "message"}}` with the right status. It knows nothing about the SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 import uuid
@@ -18,23 +18,24 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import openapi, sse, wire
+from . import cors, openapi, sse, wire
+from .auth import AUTH, NO_STORE, PRINCIPAL, Auth, auth_middleware, no_store_for_tickets
 from .config import Config
 from .errors import ApiError, bad_request
 from .metrics import clean_subscriber_id
+from .principals import Principal
+from .session import Session
 from .supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
 OPENAPI = openapi.render().encode()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 SUBSCRIBER_HEADER = "X-Subscriber-ID"
 CLIENT_CLOSED = 499
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 CONFIG = web.AppKey("config", Config)
-TOKEN = web.AppKey("token", str)
 
 
 def json_response(
@@ -92,10 +93,13 @@ def _account(request: web.Request, status: int, started: float) -> None:
             "status": str(status),
         }
     )
+    principal = request.get(PRINCIPAL)
+    # The path only: a query string can hold a stream ticket, and never reaches a log.
     log.info(
         "http_request",
         method=request.method,
         path=request.path,
+        principal=principal.name if principal is not None else None,
         status=status,
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
@@ -107,22 +111,6 @@ def _error_code(response: web.Response) -> str:
     except (TypeError, ValueError, KeyError):
         return "unknown"
     return code
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    if config.auth.disabled or request.path in PUBLIC_PATHS:
-        return await handler(request)
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    expected = request.app[TOKEN]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    ):
-        raise ApiError(
-            401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
-        )
-    return await handler(request)
 
 
 async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
@@ -148,18 +136,33 @@ async def read_json(request: web.Request, *, allow_empty: bool) -> Any:
     return body
 
 
+def principal_of(request: web.Request) -> Principal:
+    principal: Principal = request[PRINCIPAL]
+    return principal
+
+
+async def find_session(request: web.Request) -> Session:
+    """The path's session, as the caller may see it (404 otherwise). Every session route
+    starts here, before anything that could tell whether the session exists. Shielded: a
+    claim from the store finishes even if the client goes away."""
+    supervisor = request.app[SUPERVISOR]
+    return await asyncio.shield(
+        supervisor.find(request.match_info["session_id"], principal_of(request))
+    )
+
+
 async def create_session(request: web.Request) -> web.StreamResponse:
     body = wire.parse_create(await read_json(request, allow_empty=True))
     # Shielded: a client that hangs up mid-create leaves a registered session that idles
     # out, never a half-started one.
-    session = await asyncio.shield(request.app[SUPERVISOR].create(body))
+    session = await asyncio.shield(request.app[SUPERVISOR].create(body, principal_of(request)))
     return json_response({"session_id": session.id, "protocol_version": wire.PROTOCOL_VERSION})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
+    session = await find_session(request)
     cursor = sse.parse_cursor(request)
-    session = await asyncio.shield(supervisor.find(request.match_info["session_id"]))
     try:
         after = sse.resolve_start(session.log, cursor, durable=supervisor.store.durable)
     except ApiError as exc:
@@ -186,9 +189,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def stream_ticket(request: web.Request) -> web.StreamResponse:
+    """A read-only pass to this session's stream for the browser's native EventSource."""
+    session = await find_session(request)
+    tickets = request.app[AUTH].tickets
+    ticket = tickets.issue(session.id, principal_of(request))
+    return json_response({"ticket": ticket, "expires_in": int(tickets.ttl_s)}, headers=NO_STORE)
+
+
 async def post_input(request: web.Request) -> web.StreamResponse:
+    session = await find_session(request)
     message = wire.parse_inbound(await read_json(request, allow_empty=False))
-    session = await asyncio.shield(request.app[SUPERVISOR].find(request.match_info["session_id"]))
     await asyncio.shield(
         session.handle_input(
             message, request.app[CONFIG].agent.allowed_permission_modes, subscriber_id(request)
@@ -202,18 +213,24 @@ def subscriber_id(request: web.Request) -> str | None:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
+    """The caller's own sessions; an admin's, all of them (or `?owner=`'s). The host's
+    counts are for admins only: they say how many sessions other users have."""
     supervisor = request.app[SUPERVISOR]
-    sessions = [s.describe(full=False) for s in supervisor.sessions.values()]
-    return json_response({"sessions": sessions, **supervisor.counts()})
+    principal = principal_of(request)
+    owner = request.query.get("owner") if principal.admin else None
+    sessions = [s.describe(full=False) for s in supervisor.visible(principal, owner)]
+    counts = supervisor.counts() if principal.admin else {}
+    return json_response({"sessions": sessions, **counts})
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
-    session = await asyncio.shield(request.app[SUPERVISOR].find(request.match_info["session_id"]))
+    session = await find_session(request)
     return json_response(session.describe(full=True))
 
 
 async def delete_session(request: web.Request) -> web.StreamResponse:
-    await asyncio.shield(request.app[SUPERVISOR].delete(request.match_info["session_id"]))
+    session = await find_session(request)
+    await asyncio.shield(request.app[SUPERVISOR].close(session, "closed"))
     return web.Response(status=204)
 
 
@@ -244,19 +261,23 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers)
 
 
-def build_app(config: Config, supervisor: Supervisor, token: str) -> web.Application:
+def build_app(config: Config, supervisor: Supervisor, auth: Auth) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, cors.preflight_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app[SUPERVISOR] = supervisor
-    app[TOKEN] = token
+    app[AUTH] = auth
+    app[cors.ORIGINS] = frozenset(config.server.cors_allowed_origins)
+    app.on_response_prepare.append(cors.add_cors_headers)
+    app.on_response_prepare.append(no_store_for_tickets)
     app.router.add_post("/sessions", create_session)
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_get("/sessions/{session_id}/stream", stream)
     app.router.add_post("/sessions/{session_id}/input", post_input)
+    app.router.add_post("/sessions/{session_id}/stream-ticket", stream_ticket)
     app.router.add_delete("/sessions/{session_id}", delete_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -63,6 +63,7 @@ class SessionSpec:
     """What a session is built from: the operator's agent config plus the client's choices."""
 
     agent: AgentConfig
+    owner: str  # the principal that created it (principals.py)
     model: str | None
     permission_mode: str
     cwd: str | None
@@ -109,7 +110,8 @@ class Session:
         self.last_used = self.last_activity  # inputs, turns, decisions: what hibernation counts
         self.subscribers = 0
         self.close_reason: str | None = None
-        self.logger = structlog.get_logger(__name__).bind(session_id=self.id)
+        self.owner = spec.owner
+        self.logger = structlog.get_logger(__name__).bind(session_id=self.id, owner=spec.owner)
         self._inbox: asyncio.Queue[wire.UserMessage] = asyncio.Queue(spec.inbound_queue_size)
         self._agent: Agent | None = None  # the CLI serving turns
         self._starting: Agent | None = None  # a CLI being started
@@ -506,6 +508,7 @@ class Session:
         pending = list(self.bridge.decisions.pending.values())
         return {
             "session_id": self.id,
+            "owner": self.owner,
             "state": self.state,
             "created_at": datetime.fromtimestamp(self.created_at, UTC).isoformat(),
             "idle_for_s": round(self.idle_for(), 1),
@@ -592,12 +595,12 @@ class Session:
                 if agent is not None:
                     await _control(agent.client.set_permission_mode(mode))  # type: ignore[arg-type]
                 self.permission_mode = mode  # without a CLI: for the next wake
-                self.store.note_spec(self.id, self._spec_record())
+                self.store.note_spec(self.id, self.spec_record())
             case wire.SetModel(model=model):
                 if agent is not None:
                     await _control(agent.client.set_model(model))
                 self.model = model
-                self.store.note_spec(self.id, self._spec_record())
+                self.store.note_spec(self.id, self.spec_record())
             case wire.StopTask(task_id=task_id):
                 if agent is not None:
                     await _control(agent.client.stop_task(task_id))
@@ -626,9 +629,14 @@ class Session:
                 f"an image is {max(images)} bytes; at most {spec.max_image_bytes} are taken",
             )
 
-    def _spec_record(self) -> dict[str, Any]:
+    def spec_record(self) -> dict[str, Any]:
         """What the store keeps of the session's settings (another host wakes it with them)."""
-        return {"model": self.model, "permission_mode": self.permission_mode, "cwd": self.spec.cwd}
+        return {
+            "model": self.model,
+            "permission_mode": self.permission_mode,
+            "cwd": self.spec.cwd,
+            "owner": self.owner,
+        }
 
     # -- events and state -------------------------------------------------------------
 

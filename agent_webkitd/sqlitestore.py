@@ -258,7 +258,9 @@ class SqliteStore:
             log.info("sessions_idled_out_while_down", sessions=closed)
         return await self.db.read(functools.partial(_load_open, ring_size=ring_size, now=now))
 
-    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
         return None  # one host: every open session was loaded at start-up
 
 

@@ -95,8 +95,11 @@ class Store(Protocol):
         """Start-up: the sessions this host takes up at once (closing any idle too long)."""
         ...
 
-    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
-        """Take over a session whose owner is gone. None: no such open session.
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
+        """Take over a session whose host is gone, if `principal` may see it (None: an
+        admin, who sees every one). None: no such open session for them.
         Raises SessionOwnedElsewhere while its owner is alive."""
         ...
 
@@ -152,7 +155,9 @@ class MemoryStore:
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []
 
-    async def claim(self, session_id: str, ring_size: int) -> ClaimedSession | None:
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
         return None
 
     def sdk_session_store(self) -> SessionStore | None:

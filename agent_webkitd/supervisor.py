@@ -21,6 +21,7 @@ from .agentslots import AgentSlots
 from .config import Config
 from .errors import ApiError, bad_request, not_found, unavailable
 from .metrics import Metrics
+from .principals import DEFAULT_ADMIN, Principal, may_see
 from .session import Session, SessionSpec
 from .store import ClaimedSession, SessionOwnedElsewhere, Store
 
@@ -39,6 +40,7 @@ class Supervisor:
         self.store = store
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        self._by_owner: dict[str, dict[str, Session]] = {}  # GET /sessions as one principal
         self.slots = AgentSlots(
             config.sessions.live_agents_cap, config.sessions.max_concurrent_starts
         )
@@ -47,7 +49,8 @@ class Supervisor:
         self._starting = 0  # creations in flight, reserved against the cap
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        self._claims: dict[str, asyncio.Future[Session]] = {}  # claims in flight, by id
+        # Claims in flight, by id and the owner they are limited to (None: an admin's).
+        self._claims: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
         store.on_session_lost = self._lost
 
     async def start(self) -> None:
@@ -142,10 +145,11 @@ class Supervisor:
                 5,
             )
 
-    def _spec(self, model: str | None, mode: str, cwd: str | None) -> SessionSpec:
+    def _spec(self, owner: str, model: str | None, mode: str, cwd: str | None) -> SessionSpec:
         agent = self.config.agent
         return SessionSpec(
             agent=agent,
+            owner=owner,
             model=model or agent.model or None,
             permission_mode=mode,
             cwd=cwd,
@@ -156,20 +160,18 @@ class Supervisor:
             max_image_bytes=self.config.sessions.max_image_bytes,
         )
 
-    async def create(self, request: wire.CreateSession) -> Session:
+    async def create(self, request: wire.CreateSession, owner: Principal) -> Session:
         agent = self.config.agent
         mode = request.permission_mode or agent.permission_mode
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         self._admit()
-        spec = self._spec(request.model, mode, cwd)
+        spec = self._spec(owner.name, request.model, mode, cwd)
         session = Session(spec, self.store, self.metrics, self.slots, self._forget)
         self._starting += 1
         try:
             try:
-                await self.store.session_opened(
-                    session.id, {"model": spec.model, "permission_mode": mode, "cwd": cwd}
-                )
+                await self.store.session_opened(session.id, session.spec_record())
             except Exception as exc:  # the database is away: refuse rather than lose it
                 session.logger.warning("store_unavailable", error=str(exc))
                 raise unavailable(
@@ -178,7 +180,7 @@ class Supervisor:
             await self._start(session)
         finally:
             self._starting -= 1
-        self.metrics.sessions_created.inc({})
+        self.metrics.sessions_created.inc({"principal": self.metrics.principal_label(owner.name)})
         session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
         return session
 
@@ -199,28 +201,53 @@ class Supervisor:
                 502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
             ) from exc
         self.sessions[session.id] = session
+        self._by_owner.setdefault(session.owner, {})[session.id] = session
 
-    async def find(self, session_id: str) -> Session:
-        """The live session with this id: this host's, or one claimed from a host that is
-        gone (durable store). 404 if there is none; 503 while another live host owns it."""
+    def _unregister(self, session: Session) -> None:
+        """Gone from the registry at once: the id answers 404 from now on."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        owned = self._by_owner.get(session.owner)
+        if owned is not None:
+            owned.pop(session.id, None)
+            if not owned:
+                del self._by_owner[session.owner]
+
+    def visible(self, principal: Principal, owner: str | None = None) -> list[Session]:
+        """The sessions GET /sessions lists: the caller's own; an admin's, every one (or
+        one owner's). Looked up by owner, so the time does not grow with other users'."""
+        if principal.admin and owner is None:
+            return list(self.sessions.values())
+        if not principal.admin:
+            owner = principal.name
+        return list(self._by_owner.get(owner or "", {}).values())
+
+    async def find(self, session_id: str, principal: Principal) -> Session:
+        """The session with this id, if `principal` may see it: this host's, or one
+        claimed from a host that is gone (durable store). 404 if there is none or it is
+        not theirs (the same answer, decided before anything that could tell it exists);
+        503 while another live host holds it."""
         session = self.sessions.get(session_id)
         if session is not None:
+            if not may_see(principal, session.owner):
+                raise not_found(session_id)
             return session
         if not self.store.shared:
             raise not_found(session_id)
-        claim = self._claims.get(session_id)
+        key = (session_id, None if principal.admin else principal.name)
+        claim = self._claims.get(key)
         if claim is None:  # one claim per id at a time; concurrent requests share it
-            claim = asyncio.ensure_future(self._claim(session_id))
-            self._claims[session_id] = claim
-            claim.add_done_callback(lambda _: self._claims.pop(session_id, None))
+            claim = asyncio.ensure_future(self._claim(session_id, key[1]))
+            self._claims[key] = claim
+            claim.add_done_callback(lambda _: self._claims.pop(key, None))
         return await asyncio.shield(claim)
 
-    async def _claim(self, session_id: str) -> Session:
+    async def _claim(self, session_id: str, owner: str | None) -> Session:
         self._admit()
         self._starting += 1
         try:
             try:
-                claimed = await self.store.claim(session_id, self.config.sessions.ring_size)
+                claimed = await self.store.claim(session_id, self.config.sessions.ring_size, owner)
             except SessionOwnedElsewhere as exc:
                 raise ApiError(
                     503,
@@ -247,7 +274,10 @@ class Supervisor:
         spec = claimed.spec
         return Session(
             self._spec(
-                spec.get("model"), spec.get("permission_mode") or "default", spec.get("cwd")
+                spec.get("owner") or DEFAULT_ADMIN.name,  # sessions from before owners: the admin's
+                spec.get("model"),
+                spec.get("permission_mode") or "default",
+                spec.get("cwd"),
             ),
             self.store,
             self.metrics,
@@ -259,14 +289,12 @@ class Supervisor:
     def _lost(self, session_id: str) -> None:
         """Another host claimed a session of ours (our lease ran out): stop it here
         without publishing anything more."""
-        session = self.sessions.pop(session_id, None)
+        session = self.sessions.get(session_id)
         if session is None:
             return
+        self._unregister(session)
         session.log.fence()
         self._close_in_background(session, "lost", release=True)
-
-    async def delete(self, session_id: str) -> None:
-        await self.close(await self.find(session_id), "closed")
 
     def _close_in_background(self, session: Session, reason: str, *, release: bool = False) -> None:
         """Close from a sweep or callback; stop() waits for these before exiting."""
@@ -275,13 +303,12 @@ class Supervisor:
         task.add_done_callback(self._closing.discard)
 
     async def close(self, session: Session, reason: str, *, release: bool = False) -> None:
-        # Gone from the registry at once: the id answers 404 while the CLI shuts down.
-        self.sessions.pop(session.id, None)
+        self._unregister(session)  # the id answers 404 while the CLI shuts down
         await session.close(reason, release=release)
 
     def _forget(self, session: Session) -> None:
         """Called by every session as it ends, whatever ended it."""
-        self.sessions.pop(session.id, None)
+        self._unregister(session)
         self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
 
     def _resolve_cwd(self, requested: str | None) -> str | None:
