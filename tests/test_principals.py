@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,16 @@ import aiohttp
 import pytest
 
 from tests.conftest import TOKEN, Daemon, api_for
-from tests.standin.idp import Idp, jwt_config, run_idp
+from tests.standin.idp import Idp, idp, jwt_config
+from tests.test_pg_store import pg_overrides
+
+__all__ = ["idp"]  # imported for pytest: it is a fixture
 from tests.wire_client import Api, StreamRefused
 
 BOT_TOKEN = "bot-token-aaaaaaaaaaaaaaaa"
 BOT_TOKEN_NEXT = "bot-token-bbbbbbbbbbbbbbbb"
 OPS_TOKEN = "ops-token-cccccccccccccccc"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture
-async def idp() -> AsyncIterator[Idp]:
-    async with run_idp() as provider:
-        yield provider
 
 
 def auth_overrides(idp: Idp, **jwt_extra: Any) -> dict[str, dict[str, Any]]:
@@ -315,3 +312,41 @@ async def test_logs_carry_principals_and_never_tokens(users: Daemon, idp: Idp) -
         environ = Path(f"/proc/{pid}/environ").read_bytes()  # noqa: ASYNC240
         for secret in (BOT_TOKEN, BOT_TOKEN_NEXT, OPS_TOKEN, TOKEN, TICKET_KEY):
             assert secret.encode() not in environ
+
+
+async def test_with_postgres_ownership_holds_after_failover_and_tickets_work_on_any_host(
+    pg_dsn: str, start_daemon: Callable[..., Any], tmp_path: Path, idp: Idp
+) -> None:
+    """The owner is stored with the session: a host that takes it over after its host died
+    shows it to the owner only, and a ticket signed by the dead host opens it there."""
+    overrides = pg_overrides(pg_dsn, tmp_path, store={"lease_s": 60}, **auth_overrides(idp))
+    first: Daemon = await start_daemon(overrides, AUTH_ENV)
+    second: Daemon = await start_daemon(overrides, AUTH_ENV)
+    async with api_for(first, idp.token("alice")) as alice_a, \
+            api_for(second, idp.token("alice")) as alice_b, \
+            api_for(second, idp.token("bob")) as bob_b, api_for(second, None) as anonymous_b:
+        session_id = await alice_a.create()
+        seen = await alice_a.open_stream(session_id)
+        await alice_a.say(session_id, "remember the word teapot")
+        await seen.until("result")  # committed: the first host published it
+        seen.close()
+        status, ticket, _ = await alice_a.request("POST", f"/sessions/{session_id}/stream-ticket")
+        assert status == 200
+        first.kill()
+        # Bob's requests must not even move the session: still 404, and nothing claimed.
+        for _ in range(2):
+            status, body, _ = await bob_b.request("GET", f"/sessions/{session_id}")
+            assert (status, body) == (404, not_found_body(session_id))
+        claims = [line for line in (await scrape(second)).splitlines()
+                  if line.startswith("agent_webkit_sessions_claimed_total")]
+        assert claims == [] or claims == ["agent_webkit_sessions_claimed_total 0"], claims
+        # The first host's ticket opens the stream on the second (one key, in the environment).
+        stream = await anonymous_b.open_stream(session_id, last_event_id=0, query=f"?ticket={ticket['ticket']}")
+        replayed = await stream.until("result")
+        assert [e.id for e in stream.events] == list(range(1, replayed.id + 1))
+        assert stream.events[0].name == "session_ready"
+        stream.close()
+        status, info, _ = await alice_b.request("GET", f"/sessions/{session_id}")
+        assert status == 200 and info["owner"] == "jwt:alice"
+        assert [s["session_id"] for s in (await alice_b.request("GET", "/sessions"))[1]["sessions"]] == [session_id]
+        assert (await bob_b.request("GET", f"/sessions/{session_id}"))[0] == 404

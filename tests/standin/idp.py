@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import jwt
+import pytest_asyncio
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -135,6 +136,13 @@ async def run_idp() -> AsyncIterator[Idp]:
         yield idp
     finally:
         await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def idp() -> AsyncIterator[Idp]:
+    """A fresh identity provider on loopback (import it into a test module to use it)."""
+    async with run_idp() as provider:
+        yield provider
 
 
 def jwt_config(idp: Idp, **extra: Any) -> dict[str, Any]:
