@@ -23,6 +23,8 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
            events, and the transcript tables' size
   restart  ours only: 1,000 hibernated sessions on the SQLite store, SIGTERM, a new process,
            the first stream served (bench/embedded.py)
+  auth     ours only: POST /input latency with a static token and with a user's JWT; GET
+           /sessions as one user among 10 and among 1,000 users (bench/principals.py)
   scale    ours only: 1000 live sessions, one subscriber each, a short turn on every one
   hibernate  ours only: 10,000 sessions with max_live_agents = 50, all hibernated, then a turn
            on 1,000 random ones (bench/hibernation.py); the same with Postgres at 2,000
@@ -57,12 +59,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import embedded, hibernation, pgdb  # noqa: E402
+from bench import embedded, hibernation, pgdb, principals  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "scale", "hibernate", "wake")
-OURS_ONLY = ("durable", "restart", "scale", "hibernate", "wake")  # need no peer installed
+PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake")
+OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -499,6 +501,9 @@ class Bench:
     async def phase_restart(self) -> dict[str, Any]:
         return await embedded.phase_restart(self)
 
+    async def phase_auth(self) -> dict[str, Any]:
+        return await principals.phase_auth(self)
+
     async def phase_hibernate(self) -> dict[str, Any]:
         return await hibernation.phase_hibernate(self)
 
@@ -819,6 +824,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
                      "-" if cpo is None else f"{cpo / 1024:.1f}", "-" if cpp is None else f"{cpp / 1024:.1f}", ""))
     rows += durable_rows(results.get("durable") or {}, args)
     rows += embedded.rows(results)
+    rows += principals.rows(results)
     rows += hibernation.rows(results)
     sc = results.get("scale")
     if sc:
@@ -981,6 +987,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.wake_real_sessions = 2 if q else 5
     args.wake_real_rounds = 2 if q else 4
     args.restart_sessions = 100 if q else 1000
+    args.auth_requests = 300 if q else 3000
+    args.auth_users = 100 if q else 1000
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:

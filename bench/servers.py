@@ -102,6 +102,7 @@ class Server:
         self.mark = uuid.uuid4().hex
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.tmp / "server.log"
+        self.env: dict[str, str] = {}  # more environment for the server
 
     # --- process --------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Server:
     async def start(self) -> None:
         env = {**os.environ, MARK_ENV: self.mark}
         env.pop("AGENT_WEBKIT_AUTH_TOKEN", None)
+        env.update(self.env)
         self._log = open(self.log_path, "wb")  # noqa: ASYNC230 - closed in stop()
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -246,11 +248,13 @@ class Ours(Server):
 
     def __init__(self, tmp: Path, label: str, *, ring_size: int = 1000, max_sessions: int = 1100,
                  store_dsn: str | None = None, sqlite_path: Path | None = None,
-                 sessions: dict[str, Any] | None = None, agent: dict[str, Any] | None = None) -> None:
+                 sessions: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
+                 auth: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
         """`store_dsn`: keep events in that PostgreSQL database; `sqlite_path`: in that SQLite
         file (the embedded store); neither: in memory. `sessions`, `agent`: more keys for
-        those tables."""
+        those tables; `auth`: the [auth] table (default: auth disabled), its secrets in `env`."""
         super().__init__(tmp, label)
+        self.env = dict(env or {})
         self.ring_size = ring_size
         self.store = "postgres" if store_dsn else "sqlite" if sqlite_path else "memory"
         self.sqlite_path = sqlite_path
@@ -260,7 +264,7 @@ class Ours(Server):
 
         config = {
             "server": {"host": self.host, "port": self.port, "drain_timeout_s": 5},
-            "auth": {"disabled": True},
+            "auth": auth or {"disabled": True},
             "sessions": {
                 "max_sessions": max_sessions,
                 "ring_size": ring_size,
