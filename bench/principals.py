@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bench.hibernation import CREATE_WAVE, fast_launcher
+from bench.hibernation import CREATE_WAVE, fast_launcher, wait_all_hibernated
 from bench.servers import Ours
 from tests.standin.idp import jwt_config, run_idp
 
@@ -69,7 +69,7 @@ async def phase_auth(bench: Bench) -> dict[str, Any]:
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
                 out["input"] = await input_latency(http, base, idp, n_input)
-                out["listing"] = await listing(http, base, idp, n_users)
+                out["listing"] = await listing(http, base, idp, n_users, ours)
         finally:
             out["stop"] = await bench.stop(ours)
     return out
@@ -114,33 +114,44 @@ async def input_latency(http: aiohttp.ClientSession, base: str, idp: Any, n: int
     return out
 
 
-async def listing(http: aiohttp.ClientSession, base: str, idp: Any, n_users: int) -> dict[str, Any]:
+async def listing(http: aiohttp.ClientSession, base: str, idp: Any, n_users: int, ours: Ours) -> dict[str, Any]:
     tokens = [idp.token(f"user-{i:04d}") for i in range(n_users)]
     out: dict[str, Any] = {}
     made = 0
 
-    async def list_as(token: str, reps: int = 200) -> tuple[dict[str, Any], int]:
+    async def list_as(token: str, reps: int = 300) -> tuple[dict[str, Any], int]:
         xs = [await timed(http, "GET", f"{base}/sessions", token) for _ in range(reps)]
         async with http.get(f"{base}/sessions", headers={"Authorization": f"Bearer {token}"}) as resp:
             count = len((await resp.json())["sessions"])
         return summary(xs), count
 
+    async def own_session(token: str, sid: str, reps: int = 300) -> dict[str, Any]:
+        """A control: a request whose work cannot depend on other users' sessions."""
+        return summary([await timed(http, "GET", f"{base}/sessions/{sid}", token) for _ in range(reps)])
+
+    first_sid = ""
     for users in (10, n_users):
         started = time.monotonic()
         while made < users:
             wave = tokens[made : min(users, made + CREATE_WAVE)]
-            await asyncio.gather(*(create_as(http, base, t) for t in wave))
+            sids = await asyncio.gather(*(create_as(http, base, t) for t in wave))
+            first_sid = first_sid or sids[0]
             made += len(wave)
         created_s = time.monotonic() - started
+        await wait_all_hibernated(ours, users, 120)  # measured at rest, not amid the creates
         user, user_count = await list_as(tokens[0])
+        control = await own_session(tokens[0], first_sid)
         admin, admin_count = await list_as(ADMIN_TOKEN, reps=20)
         out[str(users)] = {"user": user, "user_sees": user_count, "admin": admin, "admin_sees": admin_count,
-                           "created_s": created_s}
+                           "control": control, "created_s": created_s}
         log(f"  {users:>5} users: GET /sessions as a user p50 {user['p50_us']:.0f} µs (sees {user_count});"
+            f" GET /sessions/<own id> p50 {control['p50_us']:.0f} µs;"
             f" as an admin p50 {admin['p50_us'] / 1000:.1f} ms (sees {admin_count})")
-    small, large = out["10"]["user"]["p50_us"], out[str(n_users)]["user"]["p50_us"]
-    out["user_growth_p50"] = large / small
-    log(f"  a user's listing at {n_users} users / at 10 users: {out['user_growth_p50']:.2f}x")
+    small, large = out["10"], out[str(n_users)]
+    out["user_growth_p50"] = large["user"]["p50_us"] / small["user"]["p50_us"]
+    out["control_growth_p50"] = large["control"]["p50_us"] / small["control"]["p50_us"]
+    log(f"  at {n_users} users / at 10 users, p50: a user's listing {out['user_growth_p50']:.2f}x;"
+        f" the control (GET of one own session) {out['control_growth_p50']:.2f}x")
     return out
 
 
@@ -160,6 +171,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append((f"GET /sessions as a user p50 (µs): 10 users / {big} users",
                     f"{lst['10']['user']['p50_us']:.0f} / {lst[big]['user']['p50_us']:.0f}"
                     f" ({lst['user_growth_p50']:.2f}x)", "(not run)", ""))
+        if "control_growth_p50" in lst:
+            out.append(("  control, GET /sessions/<own id> p50 (µs): the same two points",
+                        f"{lst['10']['control']['p50_us']:.0f} / {lst[big]['control']['p50_us']:.0f}"
+                        f" ({lst['control_growth_p50']:.2f}x)", "", ""))
         out.append((f"  as an admin, all {lst[big]['admin_sees']} sessions (ms)",
                     f"{lst[big]['admin']['p50_us'] / 1000:.1f}", "", ""))
     return out
