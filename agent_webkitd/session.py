@@ -45,6 +45,7 @@ from .errors import ApiError, unavailable
 from .eventlog import EventLog
 from .metrics import Metrics
 from .store import ClaimedSession, Store
+from .toolsets import Toolset
 
 # Events that settle a permission_request or ask_user_question.
 DECISION_ENDINGS = (
@@ -72,6 +73,7 @@ class SessionSpec:
     permission_timeout_s: float
     max_message_bytes: int
     max_image_bytes: int
+    toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
 
 
 class WakeFailed(Exception):
@@ -325,6 +327,8 @@ class Session:
             include_partial_messages=agent.include_partial_messages,
             env=dict(agent.env),
             can_use_tool=self.bridge.can_use_tool,
+            mcp_servers={t.name: t.server(self) for t in self.spec.toolsets},
+            allowed_tools=[name for t in self.spec.toolsets for name in t.allowed_tools()],
         )
 
     async def _serve(self, agent: Agent) -> None:

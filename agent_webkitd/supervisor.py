@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .principals import DEFAULT_ADMIN, Principal, may_see
 from .session import Session, SessionSpec
 from .store import ClaimedSession, SessionOwnedElsewhere, Store
+from .toolsets import Toolset
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +36,11 @@ DRAIN_POLL_S = 0.2
 
 
 class Supervisor:
-    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, toolsets: tuple[Toolset, ...] = ()
+    ) -> None:
         self.config = config
+        self.toolsets = toolsets
         self.store = store
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
@@ -158,6 +162,7 @@ class Supervisor:
             permission_timeout_s=self.config.sessions.permission_timeout_s,
             max_message_bytes=self.config.sessions.max_message_bytes,
             max_image_bytes=self.config.sessions.max_image_bytes,
+            toolsets=self.toolsets,
         )
 
     async def create(self, request: wire.CreateSession, owner: Principal) -> Session:

@@ -1,0 +1,29 @@
+"""Tools the daemon itself offers the model: in-process MCP servers (the SDK's
+`create_sdk_mcp_server`) attached to every session's CLI.
+
+A `Toolset` names its MCP server, builds it for one session (it may close over the
+session, to emit events or keep state there), and lists the tools the CLI may run
+without asking a person (`allowed_tools`). The artefacts server and the generative-UI
+render tools are toolsets; the session knows nothing of what they do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from claude_agent_sdk.types import McpSdkServerConfig
+
+    from .session import Session
+
+
+class Toolset(Protocol):
+    name: str  # the MCP server's name: its tools are mcp__<name>__<tool>
+
+    def server(self, session: Session) -> McpSdkServerConfig:
+        """This session's server (built when its CLI starts)."""
+        ...
+
+    def allowed_tools(self) -> list[str]:
+        """Full tool names (mcp__<name>__<tool>) that run without a permission prompt."""
+        ...
