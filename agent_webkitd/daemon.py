@@ -133,9 +133,18 @@ def build_auth(config: Config, secrets: Secrets, metrics: Metrics) -> Auth:
     )
 
 
+def read_transcripts_where_the_cli_writes(config: Config) -> None:
+    """The SDK's transcript reader (GET /messages, /snapshot) looks under this process's
+    CLAUDE_CONFIG_DIR; make it the one the CLIs are given."""
+    configured = config.agent.env.get("CLAUDE_CONFIG_DIR")
+    if configured:
+        os.environ["CLAUDE_CONFIG_DIR"] = configured
+
+
 async def serve(config: Config, secrets: Secrets) -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
+    read_transcripts_where_the_cli_writes(config)
     raise_file_limit(config)
     store = build_store(config, secrets.dsn)
     try:

@@ -138,6 +138,9 @@ SCHEMAS: dict[str, Schema] = {
             "model": nullable({**TEXT, "pattern": PLAIN_TEXT}),
             "permission_mode": nullable(MODE),
             "cwd": nullable({**TEXT, "pattern": PLAIN_TEXT}),
+            "include_partial_messages": nullable(
+                {"type": "boolean", "description": "message_delta events (default: the operator's)"}
+            ),
         },
         description="May be empty, or the body absent.",
     ),
@@ -214,6 +217,49 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("session_id", "owner", "state", "created_at", "last_seq", "pending_decisions"),
     ),
+    "Message": obj(
+        {
+            "id": ANY_TEXT,
+            "role": {"enum": ["user", "assistant"]},
+            "content": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Anthropic content blocks: text, image, thinking, tool_use,"
+                " tool_result",
+            },
+            "message_id": ANY_TEXT,
+            "model": ANY_TEXT,
+        },
+        ("id", "role", "content"),
+    ),
+    "Messages": obj(
+        {
+            "session_id": ANY_TEXT,
+            "last_event_id": {"type": "integer"},
+            "messages": {"type": "array", "items": ref("Message")},
+        },
+        ("session_id", "last_event_id", "messages"),
+    ),
+    "Snapshot": obj(
+        {
+            "session_id": ANY_TEXT,
+            "protocol_version": {"const": "1.0"},
+            "state": ANY_TEXT,
+            "last_event_id": {"type": "integer"},
+            "pending_decisions": {"type": "array", "items": {"type": "object"}},
+            "messages": {"type": "array", "items": ref("Message")},
+            "artefacts": {"type": "array", "items": {"type": "object"}},
+        },
+        (
+            "session_id",
+            "protocol_version",
+            "state",
+            "last_event_id",
+            "pending_decisions",
+            "messages",
+            "artefacts",
+        ),
+    ),
     "StreamTicket": obj(
         {
             "ticket": {"type": "string"},
@@ -251,6 +297,21 @@ EVENTS: dict[str, Schema] = {
         description="Always seq 1.",
     ),
     "session_state": obj({"state": SCHEMAS["Session"]["properties"]["state"]}, ("state",)),
+    "user_message": obj(
+        {"content": {"oneOf": [ANY_TEXT, {"type": "array", "items": ref("ContentBlock")}]}},
+        ("content",),
+        description="An accepted user message, echoed before the turn it starts.",
+    ),
+    "replay_truncated": obj(
+        {
+            "requested_event_id": {"type": "integer"},
+            "oldest_available_id": {"type": "integer"},
+            "last_event_id": {"type": "integer"},
+        },
+        ("requested_event_id", "oldest_available_id", "last_event_id"),
+        description="?graceful=1 only, no id, not stored: the cursor had left the ring;"
+        " the stream goes on from the oldest event kept.",
+    ),
     "message_delta": obj(
         {"message_id": ANY_TEXT, "delta": obj({"type": ANY_TEXT, "index": {"type": "integer"}})},
         ("message_id", "delta"),
@@ -486,6 +547,14 @@ def paths() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     },
                     {
+                        "name": "graceful",
+                        "in": "query",
+                        "required": False,
+                        "description": "1: a cursor that left the ring gets `replay_truncated`,"
+                        " then the oldest events kept, instead of 412",
+                        "schema": {"enum": ["1", "true", "0", "false"]},
+                    },
+                    {
                         "name": "ticket",
                         "in": "query",
                         "required": False,
@@ -527,6 +596,29 @@ def paths() -> dict[str, Any]:
                 " `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.",
                 "responses": {
                     "200": ok("The ticket", ref("StreamTicket")),
+                    **errors({**AUTH, 404: ["not_found"], 503: DURABLE_ERRORS}),
+                },
+            },
+        },
+        "/sessions/{session_id}/messages": {
+            "parameters": [SESSION_ID],
+            "get": {
+                "operationId": "getMessages",
+                "summary": "The conversation as messages, from its transcript",
+                "responses": {
+                    "200": ok("The messages", ref("Messages")),
+                    **errors({**AUTH, 404: ["not_found"], 503: DURABLE_ERRORS}),
+                },
+            },
+        },
+        "/sessions/{session_id}/snapshot": {
+            "parameters": [SESSION_ID],
+            "get": {
+                "operationId": "getSnapshot",
+                "summary": "Everything a client needs to rebuild its view, then stream from"
+                " `last_event_id`",
+                "responses": {
+                    "200": ok("The snapshot", ref("Snapshot")),
                     **errors({**AUTH, 404: ["not_found"], 503: DURABLE_ERRORS}),
                 },
             },

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import cors, openapi, sse, wire
+from . import cors, history, openapi, sse, wire
 from .auth import AUTH, NO_STORE, PRINCIPAL, Auth, auth_middleware, no_store_for_tickets
 from .config import Config
 from .errors import ApiError, bad_request
@@ -163,8 +163,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     session = await find_session(request)
     cursor = sse.parse_cursor(request)
+    graceful = request.query.get("graceful") in ("1", "true")
     try:
-        after = sse.resolve_start(session.log, cursor, durable=supervisor.store.durable)
+        after, preface = sse.resolve_start(
+            session.log, cursor, durable=supervisor.store.durable, graceful=graceful
+        )
     except ApiError as exc:
         if exc.status == 412:
             supervisor.metrics.resume_412.inc({})
@@ -180,6 +183,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             supervisor.store,
             write_timeout_s=request.app[CONFIG].server.write_timeout_s,
             from_edge=cursor is None,
+            preface=preface,
         )
     finally:
         supervisor.close_stream(session)
@@ -226,6 +230,14 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
 async def get_session(request: web.Request) -> web.StreamResponse:
     session = await find_session(request)
     return json_response(session.describe(full=True))
+
+
+async def get_messages(request: web.Request) -> web.StreamResponse:
+    return json_response(await history.messages(await find_session(request)))
+
+
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    return json_response(await history.snapshot(await find_session(request)))
 
 
 async def delete_session(request: web.Request) -> web.StreamResponse:
@@ -278,6 +290,8 @@ def build_app(config: Config, supervisor: Supervisor, auth: Auth) -> web.Applica
     app.router.add_get("/sessions/{session_id}/stream", stream)
     app.router.add_post("/sessions/{session_id}/input", post_input)
     app.router.add_post("/sessions/{session_id}/stream-ticket", stream_ticket)
+    app.router.add_get("/sessions/{session_id}/messages", get_messages)
+    app.router.add_get("/sessions/{session_id}/snapshot", get_snapshot)
     app.router.add_delete("/sessions/{session_id}", delete_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -73,6 +73,7 @@ class SessionSpec:
     permission_timeout_s: float
     max_message_bytes: int
     max_image_bytes: int
+    include_partial_messages: bool  # message_delta events for this session
     toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
 
 
@@ -324,7 +325,7 @@ class Session:
             model=self.model or None,
             permission_mode=self.permission_mode,  # type: ignore[arg-type]
             cwd=self.spec.cwd or None,
-            include_partial_messages=agent.include_partial_messages,
+            include_partial_messages=self.spec.include_partial_messages,
             env=dict(agent.env),
             can_use_tool=self.bridge.can_use_tool,
             mcp_servers={t.name: t.server(self) for t in self.spec.toolsets},
@@ -585,6 +586,9 @@ class Session:
                     raise unavailable(
                         "backpressure", "too many queued messages for this session; retry later", 2
                     ) from None
+                # Every tab, and a page reloaded later, sees what was typed, before the
+                # turn it starts (queued messages run after the current turn's result).
+                self.emit("user_message", {"content": content})
                 if self._lifecycle is None:  # hibernated: wake up
                     self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
             case wire.PermissionResponse(updated_permissions=updates):
@@ -640,6 +644,7 @@ class Session:
             "permission_mode": self.permission_mode,
             "cwd": self.spec.cwd,
             "owner": self.owner,
+            "include_partial_messages": self.spec.include_partial_messages,
         }
 
     # -- events and state -------------------------------------------------------------

@@ -38,18 +38,30 @@ def parse_cursor(request: web.Request) -> int | None:
     return int(raw)
 
 
-def resolve_start(log: EventLog, cursor: int | None, *, durable: bool = False) -> int:
-    """The seq after which to start sending; ApiError 412 if it cannot be honoured
-    (with a `durable` store, only a cursor beyond the newest event is refused)."""
+def resolve_start(
+    log: EventLog, cursor: int | None, *, durable: bool = False, graceful: bool = False
+) -> tuple[int, bytes]:
+    """The seq after which to start sending, and a frame to send first (or b"").
+    ApiError 412 if the cursor cannot be honoured (with a `durable` store, only one beyond
+    the newest event is refused); `graceful`: a cursor that fell out of the ring starts
+    at the oldest event kept instead, after a `replay_truncated` frame (not stored)."""
     if cursor is None:
         if durable:  # a ring's worth, whether or not it is still in memory
-            return max(0, log.published_seq - log.ring_size)
-        return min(log.first_seq - 1, log.published_seq)
+            return max(0, log.published_seq - log.ring_size), b""
+        return min(log.first_seq - 1, log.published_seq), b""
     try:
         log.check_cursor(cursor, durable=durable)
     except CursorUnavailable as exc:
+        if graceful and cursor < log.first_seq - 1:
+            oldest = log.first_seq
+            notice = {
+                "requested_event_id": cursor,
+                "oldest_available_id": oldest,
+                "last_event_id": log.published_seq,
+            }
+            return oldest - 1, encode_frame(None, "replay_truncated", notice)
         raise ApiError(412, "cursor_unavailable", str(exc)) from exc
-    return cursor
+    return cursor, b""
 
 
 async def stream_events(
@@ -61,13 +73,14 @@ async def stream_events(
     *,
     write_timeout_s: float,
     from_edge: bool = False,
+    preface: bytes = b"",
 ) -> tuple[web.StreamResponse, bool]:
     """Stream until `done` or the client leaves. Returns the response and whether the
     subscriber was evicted: for falling out of the ring (a durable store serves such a
     subscriber from the database instead), or for taking no bytes for `write_timeout_s`
     (its connection is cut, so what waits for it stays bounded). `from_edge`: the client
     gave no cursor, so if the ring moves on before its first frame, it starts at the new
-    edge instead."""
+    edge instead. `preface`: a frame sent before the first event."""
 
     async def send(data: bytes) -> None:
         transport = request.transport
@@ -88,7 +101,7 @@ async def stream_events(
         },
     )
     await response.prepare(request)
-    await send(f"retry: {RETRY_MS}\n\n".encode())
+    await send(f"retry: {RETRY_MS}\n\n".encode() + preface)
     cursor = after
     evicted = False
     idle_pulses = 0

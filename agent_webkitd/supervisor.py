@@ -149,11 +149,14 @@ class Supervisor:
                 5,
             )
 
-    def _spec(self, owner: str, model: str | None, mode: str, cwd: str | None) -> SessionSpec:
+    def _spec(
+        self, owner: str, model: str | None, mode: str, cwd: str | None, partial: bool | None
+    ) -> SessionSpec:
         agent = self.config.agent
         return SessionSpec(
             agent=agent,
             owner=owner,
+            include_partial_messages=agent.include_partial_messages if partial is None else partial,
             model=model or agent.model or None,
             permission_mode=mode,
             cwd=cwd,
@@ -171,7 +174,7 @@ class Supervisor:
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         self._admit()
-        spec = self._spec(owner.name, request.model, mode, cwd)
+        spec = self._spec(owner.name, request.model, mode, cwd, request.include_partial_messages)
         session = Session(spec, self.store, self.metrics, self.slots, self._forget)
         self._starting += 1
         try:
@@ -283,6 +286,7 @@ class Supervisor:
                 spec.get("model"),
                 spec.get("permission_mode") or "default",
                 spec.get("cwd"),
+                spec.get("include_partial_messages"),
             ),
             self.store,
             self.metrics,

@@ -31,6 +31,7 @@ class CreateSession:
     model: str | None = None
     permission_mode: str | None = None
     cwd: str | None = None
+    include_partial_messages: bool | None = None  # None: the operator's default
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def parse_create(body: Any) -> CreateSession:
         model=_unicode("model", body.get("model")),
         permission_mode=body.get("permission_mode"),
         cwd=_unicode("cwd", body.get("cwd")),
+        include_partial_messages=body.get("include_partial_messages"),
     )
 
 
