@@ -1,7 +1,7 @@
 """A conversation's history as messages, read from its transcript with the SDK's own
-transcript reader (never a second journal): the CLI's file with the memory store, the
-store's copy with the embedded and Postgres stores, so a live, hibernated or restarted
-session reads the same.
+transcript reader (never a second journal): the CLI's file, and with the embedded and
+Postgres stores the store's copy too (the newer of the two), so a live, hibernated or
+restarted session reads the same.
 
 Messages are `{id, role, content}` with `content` a list of Anthropic content blocks:
 user text and images, assistant text, thinking and `tool_use`, and the `tool_result`
@@ -66,10 +66,14 @@ async def transcript_messages(
     """The conversation so far (empty before the first turn)."""
     if not claude_session_id:
         return []
+    # Two copies of one conversation may exist, each possibly behind: the CLI's own file
+    # (written before a turn's result is sent, but left behind when a later CLI resumed
+    # from the store into a folder of its own) and the store's (which may land a moment
+    # after the result). Each is a prefix of the conversation: the longer is the newer.
+    entries = await asyncio.to_thread(get_session_messages, claude_session_id, cwd)
     if transcripts is not None:
-        entries = await get_session_messages_from_store(transcripts, claude_session_id, cwd)
-    else:
-        entries = await asyncio.to_thread(get_session_messages, claude_session_id, cwd)
+        stored = await get_session_messages_from_store(transcripts, claude_session_id, cwd)
+        entries = max(entries, stored, key=len)
     return join_entries(entries)
 
 

@@ -141,6 +141,21 @@ SCHEMAS: dict[str, Schema] = {
             "include_partial_messages": nullable(
                 {"type": "boolean", "description": "message_delta events (default: the operator's)"}
             ),
+            "resume": nullable(
+                {
+                    **TEXT,
+                    "pattern": PLAIN_TEXT,
+                    "description": "Continue a past conversation: one of your session ids, or"
+                    " its claude_session_id. It must be yours (admins: any).",
+                }
+            ),
+            "fork": nullable(
+                {
+                    "type": "boolean",
+                    "description": "With resume: a new branch of the conversation; the original"
+                    " goes on untouched (even while live)",
+                }
+            ),
         },
         description="May be empty, or the body absent.",
     ),
@@ -471,9 +486,10 @@ def paths() -> dict[str, Any]:
                     "200": ok("Created", ref("SessionCreated")),
                     **errors(
                         {
-                            400: [*BODY_ERRORS, "cwd_not_found"],
+                            400: [*BODY_ERRORS, "cwd_not_found", "unknown_conversation"],
                             **AUTH,
                             403: ["mode_not_allowed", "cwd_not_allowed"],
+                            409: ["conversation_in_use"],
                             413: ["payload_too_large"],
                             502: ["agent_start_failed"],
                             503: ["at_capacity", "agents_busy", "draining", "store_unavailable"],

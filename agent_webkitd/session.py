@@ -74,6 +74,8 @@ class SessionSpec:
     max_message_bytes: int
     max_image_bytes: int
     include_partial_messages: bool  # message_delta events for this session
+    resume: str | None = None  # the Claude conversation this session continues
+    fork: bool = False  # ...on a branch of its own (until the CLI names the new one)
     toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
 
 
@@ -106,7 +108,10 @@ class Session:
         # The settings a (re)started CLI gets: as created, then as last set.
         self.model = spec.model
         self.permission_mode = spec.permission_mode
-        self.claude_session_id = claimed.sdk_session_id if claimed else None
+        self.claude_session_id = (claimed.sdk_session_id if claimed else None) or spec.resume
+        # A fork starts from the original's id; every start forks until the CLI names the
+        # new conversation, so the original's transcript is never appended to.
+        self._fork_pending = spec.fork
         self.created_at = claimed.created_at if claimed and claimed.created_at else time.time()
         # Any sign of life, streams included (a session taken up from a store keeps its clock).
         self.last_activity = time.monotonic() - (claimed.idle_s if claimed else 0.0)
@@ -143,8 +148,8 @@ class Session:
             return
         await self._slots.acquire(self, wait=False)
         try:
-            agent = await self._launch(resume=None)
-        except AgentStartFailed:
+            agent = await self._launch(resume=self.spec.resume)
+        except (AgentStartFailed, WakeFailed):
             self._slots.release(self)
             self.log.close()
             raise
@@ -293,7 +298,11 @@ class Session:
         WakeFailed when the transcript to resume is gone: never a silent fresh start."""
         if resume is not None and not await self._transcript_exists(resume):
             raise WakeFailed(f"the transcript of conversation {resume} is gone")
-        agent = Agent(self._options(resume), self._on_message, self.logger)
+        agent = Agent(
+            self._options(resume, fork=resume is not None and self._fork_pending),
+            self._on_message,
+            self.logger,
+        )
         async with self._slots.starting():
             self._starting = agent  # from here close() stops the agent instead of cancelling
             try:
@@ -312,7 +321,7 @@ class Session:
         config_dir = cli_config_dir(self.spec.agent.env)
         return await asyncio.to_thread(cli_transcript_exists, config_dir, cwd, claude_session_id)
 
-    def _options(self, resume: str | None) -> ClaudeAgentOptions:
+    def _options(self, resume: str | None, *, fork: bool) -> ClaudeAgentOptions:
         agent = self.spec.agent
         transcripts = self.store.sdk_session_store()
         return ClaudeAgentOptions(
@@ -321,6 +330,7 @@ class Session:
             session_store=transcripts,
             session_store_flush="eager" if transcripts else "batched",
             resume=resume,
+            fork_session=fork,
             cli_path=agent.cli_path or None,
             model=self.model or None,
             permission_mode=self.permission_mode,  # type: ignore[arg-type]
@@ -543,7 +553,9 @@ class Session:
         claude_session_id = self.bridge.claude_session_id
         if claude_session_id and claude_session_id != self.claude_session_id:
             self.claude_session_id = claude_session_id  # a resume may change it
+            self._fork_pending = False  # the fork has its own conversation now
             self.store.note_sdk_session(self.id, claude_session_id)
+            self.store.note_spec(self.id, self.spec_record())
 
     async def _serve_turns(self, agent: Agent) -> None:
         while True:
@@ -645,6 +657,8 @@ class Session:
             "cwd": self.spec.cwd,
             "owner": self.owner,
             "include_partial_messages": self.spec.include_partial_messages,
+            "resume": self.spec.resume,
+            "fork": self._fork_pending,
         }
 
     # -- events and state -------------------------------------------------------------

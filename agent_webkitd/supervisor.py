@@ -22,7 +22,7 @@ from .config import Config
 from .errors import ApiError, bad_request, not_found, unavailable
 from .metrics import Metrics
 from .principals import DEFAULT_ADMIN, Principal, may_see
-from .session import Session, SessionSpec
+from .session import Session, SessionSpec, WakeFailed
 from .store import ClaimedSession, SessionOwnedElsewhere, Store
 from .toolsets import Toolset
 
@@ -150,12 +150,21 @@ class Supervisor:
             )
 
     def _spec(
-        self, owner: str, model: str | None, mode: str, cwd: str | None, partial: bool | None
+        self,
+        owner: str,
+        model: str | None,
+        mode: str,
+        cwd: str | None,
+        partial: bool | None,
+        resume: str | None = None,
+        fork: bool = False,
     ) -> SessionSpec:
         agent = self.config.agent
         return SessionSpec(
             agent=agent,
             owner=owner,
+            resume=resume,
+            fork=fork,
             include_partial_messages=agent.include_partial_messages if partial is None else partial,
             model=model or agent.model or None,
             permission_mode=mode,
@@ -174,7 +183,18 @@ class Supervisor:
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         self._admit()
-        spec = self._spec(owner.name, request.model, mode, cwd, request.include_partial_messages)
+        resume = None
+        if request.resume is not None:
+            resume, cwd = await self._take_conversation(request, owner, cwd)
+        spec = self._spec(
+            owner.name,
+            request.model,
+            mode,
+            cwd,
+            request.include_partial_messages,
+            resume,
+            request.fork,
+        )
         session = Session(spec, self.store, self.metrics, self.slots, self._forget)
         self._starting += 1
         try:
@@ -192,6 +212,43 @@ class Supervisor:
         session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
         return session
 
+    async def _take_conversation(
+        self, request: wire.CreateSession, owner: Principal, cwd: str | None
+    ) -> tuple[str, str | None]:
+        """The Claude conversation a create resumes or forks, and the cwd its transcript
+        is filed under. Two CLIs must never append to one transcript: resuming (not
+        forking) a conversation that a live session holds is 409; a hibernated holder is
+        closed first. Anything this principal may not see is unknown, as if it did not
+        exist (400, never a fresh conversation)."""
+        wanted = request.resume or ""
+        holder = self.sessions.get(wanted) or next(
+            (s for s in self.sessions.values() if s.claude_session_id == wanted), None
+        )
+        unknown = bad_request(
+            "unknown_conversation", f"no conversation {wanted!r} that you may resume"
+        )
+        if holder is None:
+            if not owner.admin:  # only a session's owner knows whose a conversation is
+                raise unknown
+            return wanted, cwd  # an admin's own claude session id; checked at start
+        if not may_see(owner, holder.owner) or not holder.claude_session_id:
+            raise unknown
+        if request.cwd is not None and cwd != holder.spec.cwd:
+            raise bad_request(
+                "invalid_field", "cwd: a resumed conversation keeps the cwd it was filed under"
+            )
+        if not request.fork:
+            if holder.state != "hibernated":
+                raise ApiError(
+                    409,
+                    "conversation_in_use",
+                    f"session {holder.id} is live in this conversation: resume it there,"
+                    " fork it, or wait for it to hibernate",
+                )
+            holder.logger.info("session_resumed_elsewhere")
+            await self.close(holder, "resumed")
+        return holder.claude_session_id, holder.spec.cwd
+
     async def _start(self, session: Session) -> None:
         """Start a new session's CLI (a claimed one starts hibernated) and register it."""
         try:
@@ -200,6 +257,9 @@ class Supervisor:
             self.metrics.capacity_rejections.inc({"reason": exc.code})
             await self.store.session_closed(session.id, "error")
             raise
+        except WakeFailed as exc:  # the conversation to resume has no transcript
+            await self.store.session_closed(session.id, "error")
+            raise bad_request("unknown_conversation", str(exc)) from exc
         except AgentStartFailed as exc:
             self.metrics.agent_start_failures.inc({})
             session.logger.warning("agent_start_failed", error=str(exc))
@@ -287,6 +347,8 @@ class Supervisor:
                 spec.get("permission_mode") or "default",
                 spec.get("cwd"),
                 spec.get("include_partial_messages"),
+                spec.get("resume"),
+                spec.get("fork") is True,
             ),
             self.store,
             self.metrics,

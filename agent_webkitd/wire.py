@@ -32,6 +32,8 @@ class CreateSession:
     permission_mode: str | None = None
     cwd: str | None = None
     include_partial_messages: bool | None = None  # None: the operator's default
+    resume: str | None = None  # continue this conversation (a session id or a claude one)
+    fork: bool = False  # ...as a new branch, leaving the original as it is
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def parse_create(body: Any) -> CreateSession:
         permission_mode=body.get("permission_mode"),
         cwd=_unicode("cwd", body.get("cwd")),
         include_partial_messages=body.get("include_partial_messages"),
+        resume=_unicode("resume", body.get("resume")),
+        fork=body.get("fork") is True,
     )
 
 

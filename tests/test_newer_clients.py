@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon, api_for
+from tests.test_pg_store import model_views
 from tests.wire_client import Api, StreamRefused
 
 TURN = {"turns": [{"steps": [{"text": "first answer"}]}, {"steps": [{"text": "second answer"}]}],
@@ -169,3 +170,76 @@ async def test_history_routes_belong_to_the_owner(start_daemon: Callable[..., An
             status, body, _ = await other.request("GET", f"/sessions/{session_id}/{path}")
             assert (status, body["error"]["code"]) == (404, "not_found")
             assert (await api.request("GET", f"/sessions/{session_id}/{path}"))[0] == 200
+
+
+async def say_and_wait(api: Api, session_id: str, text: str) -> None:
+    stream = await api.open_stream(session_id)
+    await api.say(session_id, text)
+    await stream.until("result")
+    stream.close()
+
+
+def user_texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [b["text"] for m in messages if m["role"] == "user" for b in m["content"] if b["type"] == "text"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_resume_and_fork_continue_a_past_conversation_and_never_share_a_transcript(
+    start_daemon: Callable[..., Any], tmp_path: Path, backend: str,
+) -> None:
+    store: dict[str, Any] = {"backend": backend}
+    if backend == "sqlite":
+        store["path"] = str(tmp_path / "sessions.db")
+    daemon: Daemon = await start_daemon(
+        {"store": store, "sessions": {"hibernate_after_s": 2},
+         "auth": {"tokens": [{"name": "other", "env": "OTHER_TOKEN"}]}},
+        {"OTHER_TOKEN": "other-token-0123456789"},
+    )
+    cwd = daemon.session_dir({"turns": [], "then": "echo"})
+    async with api_for(daemon) as api, api_for(daemon, "other-token-0123456789") as other:
+        original = await api.create(cwd=str(cwd))
+        await say_and_wait(api, original, "remember the teapot")
+        claude_id = (await api.request("GET", f"/sessions/{original}"))[1]["claude_session_id"]
+        assert claude_id
+
+        # Live in that conversation: resuming it elsewhere would mean two CLIs in one transcript.
+        for resume in (original, claude_id):
+            status, body, _ = await api.request("POST", "/sessions", {"resume": resume})
+            assert (status, body["error"]["code"]) == (409, "conversation_in_use"), body
+        # Nobody's, or someone else's: unknown, never a fresh conversation.
+        for who, resume in ((api, "no-such-conversation"), (other, original), (other, claude_id)):
+            status, body, _ = await who.request("POST", "/sessions", {"resume": resume})
+            assert (status, body["error"]["code"]) == (400, "unknown_conversation"), body
+
+        # A fork: its own branch, with the history, while the original goes on.
+        fork = (await api.request("POST", "/sessions", {"resume": original, "fork": True}))[1]["session_id"]
+        fork_history = (await api.request("GET", f"/sessions/{fork}/messages"))[1]["messages"]
+        assert user_texts(fork_history) == ["remember the teapot"]
+        await say_and_wait(api, fork, "what did I ask you to remember?")
+        assert model_views(cwd)[-1] == [
+            {"role": "user", "text": "remember the teapot"},
+            {"role": "assistant", "text": "echo: remember the teapot"},
+            {"role": "user", "text": "what did I ask you to remember?"},
+        ]
+        fork_info = (await api.request("GET", f"/sessions/{fork}"))[1]
+        assert fork_info["claude_session_id"] not in (None, claude_id)
+        await say_and_wait(api, original, "the original goes on")
+        original_history = (await api.request("GET", f"/sessions/{original}/messages"))[1]["messages"]
+        assert user_texts(original_history) == ["remember the teapot", "the original goes on"]
+        fork_history = (await api.request("GET", f"/sessions/{fork}/messages"))[1]["messages"]
+        assert user_texts(fork_history) == ["remember the teapot", "what did I ask you to remember?"]
+
+        # Hibernated: a resume takes the conversation over, and the old session closes.
+        watch = await api.open_stream(original)
+        while (await watch.until("session_state", 10)).data != {"state": "hibernated"}:
+            pass
+        resumed = (await api.request("POST", "/sessions", {"resume": claude_id}))[1]["session_id"]
+        await watch.until("done")
+        assert (await api.request("GET", f"/sessions/{original}"))[0] == 404
+        await say_and_wait(api, resumed, "and now?")
+        assert [m["text"] for m in model_views(cwd)[-1]] == [
+            "remember the teapot", "echo: remember the teapot",
+            "the original goes on", "echo: the original goes on", "and now?",
+        ]
+        history = (await api.request("GET", f"/sessions/{resumed}/messages"))[1]["messages"]
+        assert user_texts(history) == ["remember the teapot", "the original goes on", "and now?"]

@@ -53,6 +53,8 @@ would write there.
     --session-mirror   (the SDK's session_store) also sends the new entries as
                        {"type": "transcript_mirror", "filePath", "entries"} frames: after each
                        assistant message, before the result, and after it (cost-state)
+    --fork-session     with --resume: a new session id (--session-id, else random) whose
+                       transcript starts as a copy of the resumed one; the old one is untouched
     --resume[=]<id>    continue the session in $CLAUDE_CONFIG_DIR/projects/*/<id>.jsonl:
                        same session_id, its user and assistant turns are the model's history,
                        its turns count on (turns[i]) and so does its cost (cost-state);
@@ -436,10 +438,13 @@ class ScriptedCli:
         self.can_prompt = option(argv, "--permission-prompt-tool") is not None
         config_dir = os.environ.get("CLAUDE_CONFIG_DIR")
         resume = option(argv, "--resume")
-        self.session_id = resume or option(argv, "--session-id") or str(uuid.uuid4())
         resumed = find_transcript(config_dir, resume) if resume else None
         self.refused_resume = resume is not None and resumed is None
-        path = resumed or Path(
+        fork = resumed is not None and "--fork-session" in argv
+        self.session_id = (
+            resume if resume and not fork else option(argv, "--session-id") or str(uuid.uuid4())
+        )
+        path = resumed if resumed and not fork else Path(
             config_dir or Path.home() / ".claude",
             "projects",
             project_key(os.getcwd()),
@@ -448,6 +453,10 @@ class ScriptedCli:
         self.transcript = Transcript(
             self.session_id, path, save=bool(config_dir), mirror="--session-mirror" in argv
         )
+        if fork and resumed is not None:  # a new session that starts with a copy of the old one
+            for line in resumed.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    self.transcript.add({**json.loads(line), "sessionId": self.session_id})
         self.model = option(argv, "--model") or DEFAULT_MODEL
         self.permission_mode = option(argv, "--permission-mode") or "default"
         self.mcp_servers: list[Frame] = scenario.mcp
