@@ -35,6 +35,7 @@ from .config import (
     auth_token,
     store_dsn,
 )
+from .genui import Component, GenuiToolset
 from .jwtauth import JwtVerifier
 from .metrics import Metrics
 from .principals import Authenticator, Principal, static_tokens
@@ -133,7 +134,9 @@ def build_auth(config: Config, secrets: Secrets, metrics: Metrics) -> Auth:
     )
 
 
-async def serve(config: Config, secrets: Secrets) -> None:
+async def serve(config: Config, secrets: Secrets, components: tuple[Component, ...] = ()) -> None:
+    """Run the daemon; `components` are the generative-UI components (genui.py), loaded
+    and checked before the event loop starts."""
     # Phase 1: start up.
     watch_children_with_pidfd()
     raise_file_limit(config)
@@ -146,7 +149,8 @@ async def serve(config: Config, secrets: Secrets) -> None:
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
     metrics = Metrics()
-    supervisor = Supervisor(config, store, metrics)
+    toolsets = (GenuiToolset(components),) if components else ()
+    supervisor = Supervisor(config, store, metrics, toolsets=toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back

@@ -1,0 +1,169 @@
+"""Generative UI (DESIGN.md §11), black box: `[genui] dir` components become auto-allowed
+render tools `mcp__genui__render_<name>`; `GET /genui/schema` lists them; a bad component
+schema stops the daemon at start-up, naming the file.
+
+The render calls run through the SDK's REAL bundled CLI; only the model is scripted
+(tests/standin/fake_model.py: "render <component> <json>"). The real CLI offers MCP tools
+as deferred tools (named in a system message, without a schema), so the stand-in model
+first loads the tool with ToolSearch, then calls it, as a real model does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_webkitd.config import GenuiConfig, load_config
+from agent_webkitd.genui import GenuiToolset, load_components
+from tests.standin.fixtures import fake_model_url
+
+__all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
+
+CHART = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "description": "A bar chart: a title and one number per bar.",
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "minLength": 1},
+        "bars": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"label": {"type": "string"}, "value": {"type": "number"}},
+                "required": ["label", "value"],
+            },
+        },
+    },
+    "required": ["title", "bars"],
+    "additionalProperties": False,
+}
+# No description and no "properties": a component that takes nothing.
+DIVIDER = {"type": "object", "additionalProperties": False}
+VIEWER_TOKEN = "viewer-token-eeeeeeeeeeeeeeee"
+
+
+def components_dir(root: Path, files: dict[str, Any]) -> Path:
+    """A folder of component files: bytes and strings are written as they are, anything
+    else as JSON."""
+    folder = root / "genui"
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return folder
+
+
+def good_dir(root: Path) -> Path:
+    return components_dir(root, {"divider.json": DIVIDER, "chart.json": CHART, "README.md": "# not a component"})
+
+
+def run_daemon_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_WEBKIT_AUTH_TOKEN": "t"}
+    return subprocess.run([sys.executable, "-m", "agent_webkitd", *args], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=cwd)
+
+
+# -- start-up: every component is checked; a bad one stops the daemon, named -------------------
+
+LONG_NAME = "n" * 46  # mcp__genui__render_ + 46 > 64, the longest tool name the API takes
+
+BAD_COMPONENTS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # case: (files beside a good ok.json, the file named in the error, what it says)
+    "bad JSON": ({"chart.json": '{"type": "object",'}, "chart.json", "not valid JSON"),
+    "bad UTF-8": ({"chart.json": b'{"description": "\xff"}'}, "chart.json", "not valid JSON"),
+    "not a JSON Schema": ({"chart.json": {"type": "objekt"}}, "chart.json", "not a valid JSON Schema"),
+    "a bad keyword deep inside": (
+        {"chart.json": {"type": "object", "properties": {"n": {"minimum": "zero"}}}},
+        "chart.json", "$.properties.n.minimum",
+    ),
+    "not an object at the top": ({"list.json": {"type": "array"}}, "list.json", '"type": "object"'),
+    "no type at the top": ({"any.json": {"properties": {}}}, "any.json", '"type": "object"'),
+    "a JSON array": ({"chart.json": []}, "chart.json", "must be a JSON object"),
+    "another draft": (
+        {"chart.json": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}},
+        "chart.json", "$schema",
+    ),
+    "a space in the name": ({"my chart.json": CHART}, "my chart.json", "component name"),
+    "a dot in the name": ({"bar.chart.json": CHART}, "bar.chart.json", "component name"),
+    "a name too long": ({f"{LONG_NAME}.json": CHART}, f"{LONG_NAME}.json", "component name"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMPONENTS))
+def test_a_bad_component_schema_stops_the_daemon_with_exit_2_naming_the_file(tmp_path: Path, case: str) -> None:
+    files, named_file, says = BAD_COMPONENTS[case]
+    folder = components_dir(tmp_path, {"ok.json": CHART, **files})
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'[genui]\ndir = "{folder}"\n[store]\nbackend = "memory"\n')
+
+    done = run_daemon_cli("--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("agent-webkitd: config error: genui: "), done.stderr
+    assert str(folder / named_file) in done.stderr and says in done.stderr, done.stderr
+    assert "ok.json" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "a file"])
+def test_a_genui_dir_that_is_missing_or_holds_no_components_stops_the_daemon(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "components"
+    if kind == "empty":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no schemas here")
+    elif kind == "a file":
+        folder.write_text("{}")
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'[genui]\ndir = "{folder}"\n[store]\nbackend = "memory"\n')
+
+    done = run_daemon_cli("--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"agent-webkitd: config error: genui.dir: {folder} "), done.stderr
+
+
+def test_check_config_refuses_a_bad_component_too(tmp_path: Path) -> None:
+    bad = components_dir(tmp_path / "bad", {"chart.json": {"type": "string"}})
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'[genui]\ndir = "{bad}"\n')
+    done = run_daemon_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2 and str(bad / "chart.json") in done.stderr, done.stderr
+    good = good_dir(tmp_path)
+    config.write_text(f'[genui]\ndir = "{good}"\n')
+    done = run_daemon_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["genui"] == {"dir": str(good)}
+
+
+def test_a_relative_genui_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "conf.toml").write_text('[genui]\ndir = "../ui"\n')
+    assert load_config(etc / "conf.toml").genui.dir == str(tmp_path / "ui")
+    (etc / "conf.toml").write_text("")
+    assert load_config(etc / "conf.toml").genui.dir == ""  # off
+    assert load_components(load_config(etc / "conf.toml").genui) == ()
+
+
+# -- the render tools' own check of their arguments ----------------------------------------------
+
+async def test_a_render_tool_checks_its_arguments_against_the_component_schema(tmp_path: Path) -> None:
+    toolset = GenuiToolset(load_components(GenuiConfig(dir=str(good_dir(tmp_path)))))
+    assert toolset.allowed_tools() == ["mcp__genui__render_chart", "mcp__genui__render_divider"]
+    chart, divider = toolset.tools()
+    assert (chart.name, divider.name) == ("render_chart", "render_divider")
+
+    ok = await chart.handler({"title": "Sales", "bars": [{"label": "Q1", "value": 3}]})
+    assert ok == {"content": [{"type": "text", "text": "rendered chart"}]}
+    bad = await chart.handler({"title": "Sales", "bars": [{"label": "Q1", "value": "three"}]})
+    assert bad["is_error"] is True
+    assert bad["content"][0]["text"] == "invalid chart arguments at $.bars[0].value: 'three' is not of type 'number'"
+    assert (await divider.handler({}))["content"][0]["text"] == "rendered divider"
+    assert (await divider.handler({"x": 1}))["is_error"] is True
+
+
