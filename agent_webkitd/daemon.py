@@ -158,7 +158,7 @@ async def serve(config: Config, secrets: Secrets, components: tuple[Component, .
         raise StartupFailed(f"the stored sessions could not be loaded: {exc}") from exc
     auth = build_auth(config, secrets, metrics)
     await auth.start()
-    app = build_app(config, supervisor, auth)
+    app = build_app(config, supervisor, auth, components)
     # handler_cancellation: a client that goes away cancels its handler at once, so an
     # SSE subscriber is counted out promptly (idle eviction depends on it). Handlers that
     # change state shield that work (see routes).

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from agent_webkitd.config import GenuiConfig, load_config
 from agent_webkitd.genui import GenuiToolset, load_components
+from tests.conftest import Daemon, api_for
 from tests.standin.fixtures import fake_model_url
 
 __all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
@@ -148,6 +150,57 @@ def test_a_relative_genui_dir_is_relative_to_the_config_file(tmp_path: Path) -> 
     (etc / "conf.toml").write_text("")
     assert load_config(etc / "conf.toml").genui.dir == ""  # off
     assert load_components(load_config(etc / "conf.toml").genui) == ()
+
+
+# -- GET /genui/schema --------------------------------------------------------------------------
+
+def expected_document() -> dict[str, Any]:
+    return {
+        "version": "1.0",
+        "server_name": "genui",
+        "prefix": "mcp__genui__render_",
+        "tools": [
+            {
+                "name": "mcp__genui__render_chart",
+                "short_name": "chart",
+                "raw_tool_name": "render_chart",
+                "description": "A bar chart: a title and one number per bar.",
+                "schema": CHART,
+            },
+            {
+                "name": "mcp__genui__render_divider",
+                "short_name": "divider",
+                "raw_tool_name": "render_divider",
+                "description": "Render the divider UI component for the user.",
+                "schema": DIVIDER,
+            },
+        ],
+    }
+
+
+async def test_genui_schema_lists_every_component_by_name_for_any_principal(
+    start_daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    viewer = {"auth": {"tokens": [{"name": "viewer", "env": "VIEWER_TOKEN"}]}}
+    daemon: Daemon = await start_daemon(
+        {"genui": {"dir": str(good_dir(tmp_path))}, **viewer}, {"VIEWER_TOKEN": VIEWER_TOKEN}
+    )
+    async with api_for(daemon) as admin, api_for(daemon, VIEWER_TOKEN) as user:
+        for api in (admin, user):
+            status, document, headers = await api.request("GET", "/genui/schema")
+            assert (status, document) == (200, expected_document())
+            assert headers["Content-Type"].startswith("application/json")
+    for token in (None, "not-a-token"):
+        async with api_for(daemon, token) as stranger:
+            status, payload, _ = await stranger.request("GET", "/genui/schema")
+            assert (status, payload["error"]["code"]) == (401, "unauthorized")
+
+
+async def test_genui_schema_with_genui_off_lists_no_tools(start_daemon: Callable[..., Any]) -> None:
+    daemon: Daemon = await start_daemon()
+    async with api_for(daemon) as api:
+        status, document, _ = await api.request("GET", "/genui/schema")
+    assert (status, document) == (200, {**expected_document(), "tools": []})
 
 
 # -- the render tools' own check of their arguments ----------------------------------------------
