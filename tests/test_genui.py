@@ -10,6 +10,7 @@ first loads the tool with ToolSearch, then calls it, as a real model does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -24,6 +25,17 @@ from agent_webkitd.config import GenuiConfig, load_config
 from agent_webkitd.genui import GenuiToolset, load_components
 from tests.conftest import Daemon, api_for
 from tests.standin.fixtures import fake_model_url
+from tests.test_daemon_real_cli import (
+    EVENT_TIMEOUT_S,
+    assert_turn_succeeded,
+    client_for,
+    model_calls,
+    named,
+    open_session,
+    start_real_daemon,
+    text_of,
+)
+from tests.wire_client import Event, Stream
 
 __all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
 
@@ -220,3 +232,105 @@ async def test_a_render_tool_checks_its_arguments_against_the_component_schema(t
     assert (await divider.handler({"x": 1}))["is_error"] is True
 
 
+# -- render calls through the real CLI ------------------------------------------------------------
+
+@pytest.fixture
+async def genui_daemon(start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path) -> Daemon:
+    return await start_real_daemon(start_daemon, fake_model_url, tmp_path, {"genui": {"dir": str(good_dir(tmp_path))}})
+
+
+def render_message(component: str, arguments: dict[str, Any]) -> str:
+    return f"render {component} {json.dumps(arguments)}"
+
+
+async def render_turn(stream: Stream) -> list[Event]:
+    """The turn's events up to its result, or up to a permission_request (which a render
+    call must never raise: it would wait for a person forever)."""
+    start = len(stream.events)
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while (await stream.next(EVENT_TIMEOUT_S)).name not in ("result", "permission_request"):
+            pass
+    return stream.events[start:]
+
+
+async def test_a_render_call_runs_without_a_permission_prompt_and_its_result_is_not_an_error(
+    genui_daemon: Daemon, fake_model_url: str
+) -> None:
+    arguments = {"title": "Sales", "bars": [{"label": "Q1", "value": 3}, {"label": "Q2", "value": 5}]}
+    async with client_for(genui_daemon) as api:
+        session_id, stream = await open_session(api, genui_daemon.session_dir())
+        await api.say(session_id, render_message("chart", arguments))
+        turn = await render_turn(stream)
+        stream.close()
+
+    assert named(turn, "permission_request") == []
+    search, render = named(turn, "tool_use")
+    assert (search.data["tool_name"], search.data["input"]) == (
+        "ToolSearch", {"query": "select:mcp__genui__render_chart"})
+    assert (render.data["tool_name"], render.data["input"]) == ("mcp__genui__render_chart", arguments)
+    results = {e.data["tool_use_id"]: e.data for e in named(turn, "tool_result")}
+    assert results[render.data["tool_use_id"]]["is_error"] is False
+    assert "rendered chart" in json.dumps(results[render.data["tool_use_id"]]["output"])
+    # The input streamed as message_delta input_json_delta too, for clients that render early.
+    partial = "".join(e.data["delta"].get("partial_json", "") for e in named(turn, "message_delta")
+                      if e.data["message_id"] == render.data["message_id"])
+    assert json.loads(partial) == arguments
+    assert text_of(named(turn, "message_complete")[-1]) == "All done."
+    assert_turn_succeeded(turn[-1], session_id)
+
+    # What the model saw: the render tools deferred (named, not listed), then, once loaded
+    # with ToolSearch, listed with the component's description and schema.
+    first, after_search, _ = await model_calls(fake_model_url)
+    assert not any(t["name"].startswith("mcp__genui__") for t in first["body"]["tools"])
+    deferred = "\n".join(message_texts(first["body"]["messages"]))
+    assert "\nmcp__genui__render_chart\nmcp__genui__render_divider\n" in deferred
+    [tool] = [t for t in after_search["body"]["tools"] if t["name"] == "mcp__genui__render_chart"]
+    assert tool["description"] == CHART["description"]
+    assert tool["input_schema"] == CHART
+
+
+async def test_a_render_call_with_bad_arguments_is_an_error_result_and_the_session_goes_on(
+    genui_daemon: Daemon, fake_model_url: str
+) -> None:
+    async with client_for(genui_daemon) as api:
+        session_id, stream = await open_session(api, genui_daemon.session_dir())
+        await api.say(session_id, render_message("chart", {"title": "Sales", "bars": [{"label": "Q1"}]}))
+        bad = await render_turn(stream)
+        assert named(bad, "permission_request") == []
+
+        # The session goes on: a component without properties renders fine next.
+        await api.say(session_id, render_message("divider", {}))
+        good = await render_turn(stream)
+        stream.close()
+
+    for turn in (bad, good):
+        assert named(turn, "permission_request") == [] and named(turn, "error") == []
+        assert_turn_succeeded(turn[-1], session_id)
+    chart = render_result(bad, "mcp__genui__render_chart")
+    assert chart["is_error"] is True
+    assert "'value' is a required property" in json.dumps(chart["output"])
+    divider = render_result(good, "mcp__genui__render_divider")
+    assert divider["is_error"] is False and "rendered divider" in json.dumps(divider["output"])
+
+    # The model read why its call failed.
+    calls = await model_calls(fake_model_url)
+    [seen] = [b for m in calls[-1]["body"]["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+              for b in m["content"] if b.get("type") == "tool_result" and b["tool_use_id"] == chart["tool_use_id"]]
+    assert seen["is_error"] is True and "'value' is a required property" in json.dumps(seen["content"])
+
+
+def message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for message in messages:
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        texts += [b["text"] for b in blocks if b.get("type") == "text"]
+    return texts
+
+
+def render_result(turn: list[Event], tool_name: str) -> dict[str, Any]:
+    """The tool_result of the turn's one call of `tool_name`."""
+    [call] = [e for e in named(turn, "tool_use") if e.data["tool_name"] == tool_name]
+    [result] = [e for e in named(turn, "tool_result") if e.data["tool_use_id"] == call.data["tool_use_id"]]
+    data: dict[str, Any] = result.data
+    return data
