@@ -23,7 +23,7 @@ import pytest
 
 from agent_webkitd.config import GenuiConfig, load_config
 from agent_webkitd.genui import GenuiToolset, load_components
-from tests.conftest import Daemon, api_for
+from tests.conftest import ROOT, Daemon, api_for
 from tests.standin.fixtures import fake_model_url
 from tests.test_daemon_real_cli import (
     EVENT_TIMEOUT_S,
@@ -152,6 +152,12 @@ def test_check_config_refuses_a_bad_component_too(tmp_path: Path) -> None:
     done = run_daemon_cli("check-config", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["genui"] == {"dir": str(good)}
+
+
+def test_the_example_component_in_conf_is_valid() -> None:
+    [chart] = load_components(GenuiConfig(dir=str(ROOT / "conf" / "genui")))
+    assert (chart.name, chart.tool_name) == ("chart", "mcp__genui__render_chart")
+    assert chart.schema == json.loads((ROOT / "conf" / "genui" / "chart.json").read_text())
 
 
 def test_a_relative_genui_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
