@@ -38,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path)
         load_environment(config)
+        if args.command in ("migrate", "prune", "backup"):
+            return run_store_command(args, config)
+        from .genui import load_components  # the SDK: only to check components and serve
+
+        components = load_components(config.genui)  # a bad component schema is a config error
         if args.command == "check-config":
             print(json.dumps(redacted(config), indent=2))
             return 0
-        if args.command in ("migrate", "prune", "backup"):
-            return run_store_command(args, config)
-        from .daemon import StartupFailed, serve, take_secrets  # the SDK: only to serve
+        from .daemon import StartupFailed, serve, take_secrets
 
         configure_logging(config.logging)
         secrets = take_secrets(config)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent-webkitd: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, secrets))
+        asyncio.run(serve(config, secrets, components))
     except StartupFailed as exc:
         print(f"agent-webkitd: {exc}", file=sys.stderr)
         return 1

@@ -141,6 +141,13 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class GenuiConfig:
+    """Generative UI: operator-declared components the model can render (genui.py)."""
+
+    dir: str = ""  # a folder of JSON Schemas, one `<name>.json` per component; "" = off
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -148,6 +155,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    genui: GenuiConfig = field(default_factory=GenuiConfig)
     dotenv_path: str = ".env"
 
 
@@ -164,10 +172,14 @@ def load_config(path: str | Path | None) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     config: Config = _build(Config, raw, prefix="")
     _check_semantics(config)
-    # A relative database path means "beside the config file", wherever the daemon runs.
+    # Relative paths (the database, the genui folder) mean "beside the config file",
+    # wherever the daemon runs.
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     store = dataclasses.replace(config.store, path=os.path.normpath(base / config.store.path))
-    return dataclasses.replace(config, store=store)
+    genui = config.genui
+    if genui.dir:
+        genui = dataclasses.replace(genui, dir=os.path.normpath(base / genui.dir))
+    return dataclasses.replace(config, store=store, genui=genui)
 
 
 def load_environment(config: Config) -> None:

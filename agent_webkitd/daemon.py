@@ -35,6 +35,7 @@ from .config import (
     auth_token,
     store_dsn,
 )
+from .genui import Component, GenuiToolset
 from .jwtauth import JwtVerifier
 from .metrics import Metrics
 from .principals import Authenticator, Principal, static_tokens
@@ -141,7 +142,9 @@ def read_transcripts_where_the_cli_writes(config: Config) -> None:
         os.environ["CLAUDE_CONFIG_DIR"] = configured
 
 
-async def serve(config: Config, secrets: Secrets) -> None:
+async def serve(config: Config, secrets: Secrets, components: tuple[Component, ...] = ()) -> None:
+    """Run the daemon; `components` are the generative-UI components (genui.py), loaded
+    and checked before the event loop starts."""
     # Phase 1: start up.
     watch_children_with_pidfd()
     read_transcripts_where_the_cli_writes(config)
@@ -155,7 +158,8 @@ async def serve(config: Config, secrets: Secrets) -> None:
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
     metrics = Metrics()
-    supervisor = Supervisor(config, store, metrics)
+    toolsets = (GenuiToolset(components),) if components else ()
+    supervisor = Supervisor(config, store, metrics, toolsets=toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back
@@ -163,7 +167,7 @@ async def serve(config: Config, secrets: Secrets) -> None:
         raise StartupFailed(f"the stored sessions could not be loaded: {exc}") from exc
     auth = build_auth(config, secrets, metrics)
     await auth.start()
-    app = build_app(config, supervisor, auth)
+    app = build_app(config, supervisor, auth, components)
     # handler_cancellation: a client that goes away cancels its handler at once, so an
     # SSE subscriber is counted out promptly (idle eviction depends on it). Handlers that
     # change state shield that work (see routes).

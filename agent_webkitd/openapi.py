@@ -300,6 +300,42 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Health": {"allOf": [ref("Counts"), obj({"ok": {"const": True}}, ("ok",))]},
     "Ready": obj({"ready": {"type": "boolean"}, "reason": ANY_TEXT}, ("ready",)),
+    "GenuiSchema": obj(
+        {
+            "version": {"const": "1.0"},
+            "server_name": {"const": "genui"},
+            "prefix": {"const": "mcp__genui__render_"},
+            "tools": {
+                "type": "array",
+                "description": "Sorted by name; empty when `[genui] dir` is not set.",
+                "items": obj(
+                    {
+                        "name": {
+                            "type": "string",
+                            "description": "The tool_name a session's `tool_use` event carries:"
+                            " mcp__genui__render_<short_name>",
+                        },
+                        "short_name": {
+                            "type": "string",
+                            "description": "The component: its file is <short_name>.json",
+                        },
+                        "raw_tool_name": {
+                            "type": "string",
+                            "description": "render_<short_name>, the tool's name in its MCP server",
+                        },
+                        "description": ANY_TEXT,
+                        "schema": {
+                            "type": "object",
+                            "description": "The component's JSON Schema (2020-12), as the file"
+                            " holds it: the tool's input schema",
+                        },
+                    },
+                    ("name", "short_name", "raw_tool_name", "description", "schema"),
+                ),
+            },
+        },
+        ("version", "server_name", "prefix", "tools"),
+    ),
 }
 
 # -- the SSE stream: each event's name and the schema of its `data` --------------------------
@@ -669,6 +705,20 @@ def paths() -> dict[str, Any]:
                     ),
                 },
             },
+        },
+        "/genui/schema": {
+            "get": {
+                "operationId": "genuiSchema",
+                "summary": "Generative UI: the render tools the model may call, with their"
+                " components' schemas",
+                "description": "Each operator-declared component (`[genui] dir`, one"
+                " `<name>.json` JSON Schema per component) is an auto-allowed tool"
+                " `mcp__genui__render_<name>`. A client renders its calls from the stream:"
+                " `tool_use` (tool_name, input) and the `tool_result` that says whether the"
+                " input was valid; `message_delta` `input_json_delta` shows the input as it is"
+                " written. Any principal may read it.",
+                "responses": {"200": ok("The render tools", ref("GenuiSchema")), **errors(AUTH)},
+            }
         },
         "/healthz": {
             "get": {

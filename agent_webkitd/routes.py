@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import cors, history, openapi, sse, wire
+from . import cors, genui, history, openapi, sse, wire
 from .auth import AUTH, NO_STORE, PRINCIPAL, Auth, auth_middleware, no_store_for_tickets
 from .config import Config
 from .errors import ApiError, bad_request
@@ -36,6 +36,7 @@ CLIENT_CLOSED = 499
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 CONFIG = web.AppKey("config", Config)
+GENUI: web.AppKey[tuple[genui.Component, ...]] = web.AppKey("genui")
 
 
 def json_response(
@@ -266,6 +267,11 @@ async def openapi_document(request: web.Request) -> web.StreamResponse:
     return web.Response(body=OPENAPI, content_type="application/json")
 
 
+async def genui_schema(request: web.Request) -> web.StreamResponse:
+    """The generative-UI render tools and their components' schemas (any principal)."""
+    return json_response(genui.schema_document(request.app[GENUI]))
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     supervisor.refresh_gauges()
@@ -273,7 +279,12 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers)
 
 
-def build_app(config: Config, supervisor: Supervisor, auth: Auth) -> web.Application:
+def build_app(
+    config: Config,
+    supervisor: Supervisor,
+    auth: Auth,
+    components: tuple[genui.Component, ...] = (),
+) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, cors.preflight_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -281,6 +292,7 @@ def build_app(config: Config, supervisor: Supervisor, auth: Auth) -> web.Applica
     app[CONFIG] = config
     app[SUPERVISOR] = supervisor
     app[AUTH] = auth
+    app[GENUI] = components
     app[cors.ORIGINS] = frozenset(config.server.cors_allowed_origins)
     app.on_response_prepare.append(cors.add_cors_headers)
     app.on_response_prepare.append(no_store_for_tickets)
@@ -297,4 +309,5 @@ def build_app(config: Config, supervisor: Supervisor, auth: Auth) -> web.Applica
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_get("/genui/schema", genui_schema)
     return app

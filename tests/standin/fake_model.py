@@ -59,6 +59,9 @@ _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _CWD_RE = re.compile(r"working directory: *(.+?) *$", re.IGNORECASE | re.MULTILINE)
 # AskUserQuestion's tool_result text: ... "Which color?"="Blue" ...
 _ANSWER_RE = re.compile(r'"([^"]*)"="([^"]*)"')
+# "render <component> <json object>": call the generative-UI tool of that component.
+_RENDER_RE = re.compile(r"render ([A-Za-z0-9_-]+) (.+)", re.DOTALL)
+GENUI_PREFIX = "mcp__genui__render_"
 
 
 @dataclass
@@ -148,6 +151,26 @@ def _tool_name(messages: list[dict[str, Any]], tool_use_id: str) -> str | None:
     return None
 
 
+def render_request(users: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """The (tool name, input) the user's latest typed message asks to render, if it does.
+
+    Messages that carry tool results are not typed ones (the CLI adds a "Tool loaded."
+    text to a ToolSearch result)."""
+    for message in reversed(users):
+        blocks = _blocks(message.get("content"))
+        if any(b.get("type") == "tool_result" for b in blocks) or not user_text(message):
+            continue
+        match = _RENDER_RE.fullmatch(user_text(message))
+        if match is None:
+            return None
+        try:
+            arguments = json.loads(match[2])
+        except ValueError:
+            return None
+        return (f"{GENUI_PREFIX}{match[1]}", arguments) if isinstance(arguments, dict) else None
+    return None
+
+
 def _result_text(block: dict[str, Any]) -> str:
     content = block.get("content")
     if isinstance(content, str):
@@ -168,14 +191,27 @@ def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
     results = [b for b in _blocks(last.get("content")) if b.get("type") == "tool_result"]
     if results:
         for result in results:
-            if _tool_name(messages, str(result.get("tool_use_id"))) == "AskUserQuestion":
+            tool_name = _tool_name(messages, str(result.get("tool_use_id")))
+            if tool_name == "AskUserQuestion":
                 answers = [a for _, a in _ANSWER_RE.findall(_result_text(result))]
                 if answers:
                     return Reply([Text(f"You chose: {', '.join(answers)}.")], "end_turn")
+            render = render_request(users)
+            if tool_name == "ToolSearch" and render is not None:
+                # The render tool's schema is loaded now: call it.
+                return Reply([ToolUse(model.next_id("toolu"), *render)], "tool_use")
         return Reply([Text("All done.")], "end_turn")
 
     text = user_text(last)
     lowered = text.lower()
+    if lowered.startswith("render "):
+        render = render_request(users)
+        if render is None:
+            return Reply([Text("fake_model: say render <component> <json>")], "end_turn")
+        # The real CLI offers MCP tools as deferred tools (named, without a schema): like
+        # a real model, load the tool with ToolSearch first, then call it (above).
+        search = {"query": f"select:{render[0]}"}
+        return Reply([ToolUse(model.next_id("toolu"), "ToolSearch", search)], "tool_use")
     if "write" in lowered:
         cwd = find_cwd(body)
         path = f"{cwd.rstrip('/')}/out.txt" if cwd else "out.txt"
