@@ -9,12 +9,20 @@ render tools are toolsets; the session knows nothing of what they do.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Protocol
+
+from claude_agent_sdk import CanUseToolShadowedWarning
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import McpSdkServerConfig
 
     from .session import Session
+
+
+# A toolset's allowed tools skip can_use_tool on purpose (no prompt for rendering or
+# writing an artefact); the SDK's warning about that would be a stray non-JSON log line.
+warnings.filterwarnings("ignore", category=CanUseToolShadowedWarning)
 
 
 class Toolset(Protocol):
