@@ -47,7 +47,7 @@ class Metrics:
         )
         self.sessions_evicted = Counter(
             "agent_webkit_sessions_evicted_total",
-            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), drain (shutdown), lost (claimed by another host).",
+            "Sessions ended, by reason: idle (idle timeout), closed (DELETE), crash_loop (the CLI kept dying), drain (shutdown), lost (claimed by another host), resumed (its conversation taken over by a new session).",
             registry=r,
         )
         self.max_sessions = Gauge(
