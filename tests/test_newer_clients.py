@@ -4,6 +4,7 @@ a snapshot, for live, hibernated and restarted sessions."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon, api_for
+from tests.standin.fixtures import fake_model_url
+from tests.test_daemon_real_cli import start_real_daemon
 from tests.test_pg_store import model_views
 from tests.wire_client import Api, StreamRefused
+
+__all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
 
 TURN = {"turns": [{"steps": [{"text": "first answer"}]}, {"steps": [{"text": "second answer"}]}],
         "then": "echo"}
@@ -243,3 +248,40 @@ async def test_resume_and_fork_continue_a_past_conversation_and_never_share_a_tr
         ]
         history = (await api.request("GET", f"/sessions/{resumed}/messages"))[1]["messages"]
         assert user_texts(history) == ["remember the teapot", "the original goes on", "and now?"]
+
+
+async def test_with_the_real_cli_echo_messages_fork_and_resume_carry_the_conversation(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path,
+) -> None:
+    """The SDK's real bundled CLI with the stand-in model (which answers "history" with
+    the user messages it was given)."""
+    daemon = await start_real_daemon(start_daemon, fake_model_url, tmp_path, {"sessions": {"hibernate_after_s": 3}})
+    async with asyncio.timeout(90), api_for(daemon) as api:
+        original = await api.create()
+        tab_a, tab_b = await api.open_stream(original), await api.open_stream(original)
+        await api.say(original, "remember the teapot")
+        for tab in (tab_a, tab_b):
+            await tab.until("result", 30)
+            assert [e.data for e in tab.events if e.name == "user_message"] == [{"content": "remember the teapot"}]
+        messages = (await api.request("GET", f"/sessions/{original}/messages"))[1]["messages"]
+        assert conversation(messages) == [("user", "remember the teapot"), ("assistant", "echo: remember the teapot")]
+        assert messages[1]["model"]
+
+        fork = (await api.request("POST", "/sessions", {"resume": original, "fork": True}))[1]["session_id"]
+        stream = await api.open_stream(fork)
+        await api.say(fork, "history please")
+        result = await stream.until("result", 30)
+        assert result.data["result"] == "I see 2 user messages: remember the teapot | history please"
+        claude_ids = {s: (await api.request("GET", f"/sessions/{s}"))[1]["claude_session_id"] for s in (original, fork)}
+        assert len(set(claude_ids.values())) == 2 and None not in claude_ids.values()
+
+        while (await tab_a.until("session_state", 30)).data != {"state": "hibernated"}:
+            pass
+        resumed = (await api.request("POST", "/sessions", {"resume": original}))[1]["session_id"]
+        await tab_a.until("done", 10)
+        stream = await api.open_stream(resumed)
+        await api.say(resumed, "history again")
+        result = await stream.until("result", 30)
+        assert result.data["result"] == "I see 2 user messages: remember the teapot | history again"
+        snap = (await api.request("GET", f"/sessions/{resumed}/snapshot"))[1]
+        assert user_texts(snap["messages"]) == ["remember the teapot", "history again"]
