@@ -163,6 +163,7 @@ class Supervisor:
             max_message_bytes=self.config.sessions.max_message_bytes,
             max_image_bytes=self.config.sessions.max_image_bytes,
             toolsets=self.toolsets,
+            artefact_limits=self.config.artefacts,
         )
 
     async def create(self, request: wire.CreateSession, owner: Principal) -> Session:
