@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__
+from .artefacttools import ArtefactTools
 from .auth import Auth
 from .config import (
     AUTH_TOKEN_ENV,
@@ -146,7 +147,8 @@ async def serve(config: Config, secrets: Secrets) -> None:
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
     metrics = Metrics()
-    supervisor = Supervisor(config, store, metrics)
+    toolsets = (ArtefactTools(),) if config.agent.artefacts else ()
+    supervisor = Supervisor(config, store, metrics, toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back
