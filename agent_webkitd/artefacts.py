@@ -38,6 +38,16 @@ MAX_LANGUAGE_CHARS = 50
 MAX_SUMMARY_CHARS = 2000
 
 Emit = Callable[[str, dict[str, Any]], int]
+# The SDK's default for the longest line it reads from the CLI (max_buffer_size).
+SDK_LINE_BYTES = 1_048_576
+
+
+def cli_line_bytes(limits: ArtefactsConfig) -> int:
+    """The longest CLI stdout line the SDK must read while the model may write artefacts of
+    `max_bytes`: its tool call carries the content on one line (the assistant frame, then
+    the mcp_message request), JSON-escaped. A longer line would stop the SDK's reader
+    (agent_protocol_error) before the limit could answer with an error result."""
+    return SDK_LINE_BYTES + 2 * limits.max_bytes
 
 
 class ArtefactError(ApiError):

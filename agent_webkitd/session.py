@@ -76,6 +76,7 @@ class SessionSpec:
     max_image_bytes: int
     toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
     artefact_limits: ArtefactsConfig = field(default_factory=ArtefactsConfig)
+    max_line_bytes: int | None = None  # the SDK's max_buffer_size (None: its default)
 
 
 class WakeFailed(Exception):
@@ -340,6 +341,7 @@ class Session:
             can_use_tool=self.bridge.can_use_tool,
             mcp_servers={t.name: t.server(self) for t in self.spec.toolsets},
             allowed_tools=[name for t in self.spec.toolsets for name in t.allowed_tools()],
+            max_buffer_size=self.spec.max_line_bytes,
         )
 
     async def _serve(self, agent: Agent) -> None:

@@ -155,6 +155,33 @@ async def test_the_real_cli_creates_then_updates_an_artefact_and_every_version_i
     assert set(tool_def["input_schema"]["required"]) == {"title", "kind", "content"}
 
 
+async def test_with_the_real_cli_an_artefact_near_the_limit_is_stored_and_one_over_is_an_error_result(
+    start_daemon: Any, fake_model_url: str, tmp_path: Path
+) -> None:
+    # Defaults: max_bytes is 1 MiB. The model's call carries the content JSON-escaped on one
+    # stdout line of the CLI, past the SDK's own 1 MiB line limit: the daemon raises it.
+    daemon = await start_real_daemon(start_daemon, fake_model_url, tmp_path)
+    async with client_for(daemon) as api:
+        session_id, stream = await open_session(api, daemon.session_dir())
+        await api.say(session_id, "make 1040000-byte artefact Big")
+        first = await events_until(stream, "result")
+        [created] = named(first, "artefact_created")
+        assert len(created.data["content"].encode()) == 1_040_000
+
+        await api.say(session_id, "make 1100000-byte artefact Bigger")
+        second = await events_until(stream, "result")
+        assert named(second, "artefact_created") == [] and named(second, "error") == []
+        [refused] = [e for e in named(second, "tool_result") if e.data["is_error"]]
+        assert refused.data["output"] == (
+            "artefact_too_large: the content is 1100000 bytes (UTF-8); at most 1048576 are"
+            " allowed: split it into several artefacts"
+        )
+        assert (await get(api, f"/sessions/{session_id}"))[1]["state"] == "idle"  # no crash
+        status, listed = await get(api, f"/sessions/{session_id}/artefacts")
+        assert (status, [a["title"] for a in listed["artefacts"]]) == (200, ["Big"])
+        stream.close()
+
+
 # -- the scripted CLI: the same mcp_message requests, fast and exact -------------------------
 
 

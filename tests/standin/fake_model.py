@@ -7,7 +7,8 @@ decided from the last user message of each request (see ``script_reply``).
 The daemon's artefact tools are MCP tools, which the real CLI offers as deferred
 tools: their schemas are sent only after the model has asked for them with
 ``ToolSearch`` ("select:<name>"). So a keyword that calls one ("make artefact <title>",
-"update artefact <id> <text>", "read artefact <id>") first replies with that
+"make <n>-byte artefact <title>", "update artefact <id> <text>", "read artefact <id>")
+first replies with that
 ToolSearch call while the tool is missing from the request's ``tools``, then calls
 the tool on the next request.
 
@@ -167,8 +168,16 @@ def _result_text(block: dict[str, Any]) -> str:
 # --- the scripted model --------------------------------------------------------
 
 
+_SIZED_RE = re.compile(r"make (\d+)-byte artefact (.+)", re.IGNORECASE)
+
+
 def artefact_call(text: str) -> tuple[str, dict[str, Any]] | None:
     """The artefact tool a user's words ask for, and its input."""
+    sized = _SIZED_RE.fullmatch(text)
+    if sized:  # code of exactly that many bytes, a newline every 6 (escaped on the wire)
+        size, title = int(sized.group(1)), sized.group(2)
+        content = ("x = 1\n" * (size // 6 + 1))[:size]
+        return "create_artefact", {"title": title, "kind": "text/code", "content": content}
     words = text.split(maxsplit=3)
     if len(words) < 3 or words[1].lower() != "artefact":
         return None
