@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from claude_agent_sdk import SdkMcpTool, create_sdk_mcp_server, tool
+from claude_agent_sdk import SdkMcpTool, ToolAnnotations, create_sdk_mcp_server, tool
 
 from . import __version__
 from .artefacts import KINDS, Artefact, ArtefactError, Artefacts
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 SERVER_NAME = "artefacts"
 Result = dict[str, Any]
+# The CLI keeps an MCP result inline up to about 50,000 characters; a longer one reaches
+# the model as a 2 KB preview and the path of a file holding it. Artefacts are meant to be
+# read whole, so read_artefact keeps up to this many inline (about 50k tokens); a longer
+# one still gets the CLI's preview, not a context the model cannot hold.
+READ_INLINE_CHARS = 200_000
+READ_ONLY = ToolAnnotations(readOnlyHint=True)
 
 CREATE_SCHEMA = {
     "type": "object",
@@ -116,8 +122,9 @@ def tools(artefacts: Artefacts) -> list[SdkMcpTool[Any]]:
             "read_artefact",
             "Read an artefact's content, at its latest version or at `version`.",
             READ_SCHEMA,
+            ToolAnnotations(readOnlyHint=True, maxResultSizeChars=READ_INLINE_CHARS),
         )(_answering(read)),
-        tool("list_artefacts", "List this conversation's artefacts.", LIST_SCHEMA)(
+        tool("list_artefacts", "List this conversation's artefacts.", LIST_SCHEMA, READ_ONLY)(
             _answering(listed)
         ),
     ]

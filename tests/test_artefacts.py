@@ -49,6 +49,12 @@ def message_texts(call: dict[str, Any]) -> list[str]:
     return texts
 
 
+def last_user_blocks(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    [*_, last] = [m for m in calls[-1]["body"]["messages"] if m["role"] == "user"]
+    content = last["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
 async def model_calls(base_url: str) -> list[dict[str, Any]]:
     return [r for r in await fetch_requests(base_url) if r["path"].startswith("/v1/messages?")]
 
@@ -180,6 +186,28 @@ async def test_with_the_real_cli_an_artefact_near_the_limit_is_stored_and_one_ov
         status, listed = await get(api, f"/sessions/{session_id}/artefacts")
         assert (status, [a["title"] for a in listed["artefacts"]]) == (200, ["Big"])
         stream.close()
+
+
+async def test_with_the_real_cli_reads_up_to_200k_characters_stay_whole_in_the_model_s_context(
+    start_daemon: Any, fake_model_url: str, tmp_path: Path
+) -> None:
+    daemon = await start_real_daemon(start_daemon, fake_model_url, tmp_path)
+    seen = []
+    async with client_for(daemon) as api:
+        session_id, stream = await open_session(api, daemon.session_dir())
+        for size in (150_000, 300_000):
+            await api.say(session_id, f"make {size}-byte artefact Size {size}")
+            [created] = named(await events_until(stream, "result"), "artefact_created")
+            await api.say(session_id, f"read artefact {created.data['artefact_id']}")
+            await events_until(stream, "result")
+            [result] = [b for b in last_user_blocks(await model_calls(fake_model_url)) if b["type"] == "tool_result"]
+            seen.append((created.data["content"], result))
+        stream.close()
+    (whole, inline), (big, previewed) = seen
+    assert inline["content"][1] == {"type": "text", "text": whole}  # the CLI's own limit is ~50,000
+    # Past READ_INLINE_CHARS the CLI keeps the result in a file and shows a preview.
+    assert previewed["content"].startswith("<persisted-output>\nOutput too large")
+    assert big not in json.dumps(previewed)
 
 
 # -- the scripted CLI: the same mcp_message requests, fast and exact -------------------------
