@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from claude_agent_sdk.types import CanUseToolShadowedWarning
 
 from . import __version__
 from .artefacttools import ArtefactTools
@@ -148,6 +149,9 @@ async def serve(config: Config, secrets: Secrets) -> None:
         ) from exc
     metrics = Metrics()
     toolsets = (ArtefactTools(),) if config.agent.artefacts else ()
+    # The toolsets' tools run without a prompt on purpose: the SDK's warning that
+    # can_use_tool never sees them would be a stray non-JSON line in the logs.
+    warnings.filterwarnings("ignore", category=CanUseToolShadowedWarning)
     supervisor = Supervisor(config, store, metrics, toolsets)
     try:
         await supervisor.start()

@@ -150,6 +150,7 @@ async def test_the_real_cli_creates_then_updates_an_artefact_and_every_version_i
             ],
         }
 
+    assert "CanUseToolShadowedWarning" not in daemon.logs()  # auto-allowed on purpose
     # What the real CLI told the model: the tool is deferred until ToolSearch loads it.
     calls = await model_calls(fake_model_url)
     assert CREATE not in tool_names(calls[0])
