@@ -8,6 +8,9 @@ The embedded store (sqlitestore.py, the default) and the Postgres store (pgstore
 `durable`: they commit events before publishing them, replay from disk, and keep a
 session across a restart (released at shutdown, loaded as hibernated at start-up). The
 Postgres store is also `shared`: another host may claim a session whose owner is gone.
+
+Each backend also keeps every version of every artefact (artefacts.py): the memory store
+until the session closes, the durable ones in the same commit as the event announcing it.
 """
 
 from __future__ import annotations
