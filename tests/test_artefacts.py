@@ -10,9 +10,18 @@ the real CLI sends (tests/reference/real-cli-frames/06-*).
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from agent_webkitd.artefacts import StoredVersion, Version
+from agent_webkitd.config import StoreConfig
+from agent_webkitd.pgstore import PostgresStore
+from agent_webkitd.pgstore import prune as pg_prune
+from agent_webkitd.sqlitestore import SqliteStore, prune_file
 from tests.conftest import Daemon, api_for
 from tests.standin.fake_model import fetch_requests
 from tests.standin.fixtures import fake_model_url
@@ -566,3 +575,32 @@ async def test_the_scripted_cli_calls_sdk_mcp_servers_as_the_real_cli_does(start
     real_saved, _, real_refused = [f["message"]["content"][0] for f in real.of_kind("user/tool_result")][1:]
     assert (sorted(saved), sorted(refused)) == (sorted(real_saved), sorted(real_refused))
     assert refused["is_error"] is True and refused["content"] == "artefact_not_found: no artefact 'art_nope'"
+
+
+def version_of(artefact_id: str, number: int, content: str) -> StoredVersion:
+    now = time.time()
+    return StoredVersion(artefact_id, "T", "text/plain", None, now, Version(number, None, now, len(content)), content)
+
+
+async def test_prune_deletes_a_closed_session_s_artefacts_with_it(pg_dsn: str, tmp_path: Path) -> None:
+    db = tmp_path / "sessions.db"
+    sqlite, postgres = SqliteStore(StoreConfig(), db), PostgresStore(StoreConfig(), pg_dsn, "127.0.0.1", 1)
+    for store in (sqlite, postgres):
+        await store.start()
+        await store.session_opened("s1", {})
+        for number, content in ((1, "one"), (2, "two")):
+            await store.save_artefact("s1", version_of("art_1", number, content))
+        assert await store.artefact_content("s1", "art_1", 2) == "two"
+        await store.session_closed("s1", "closed")
+        await store.stop()
+    assert prune_file(db, -60)["sessions"] == 1
+    assert (await pg_prune(pg_dsn, -60))["sessions"] == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM awk_artefacts").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM awk_artefact_versions").fetchone() == (0,)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM awk_artefact_versions") == 0
+        assert await conn.fetchval("SELECT count(*) FROM awk_artefacts") == 0
+    finally:
+        await conn.close()
