@@ -23,11 +23,11 @@ from agent_webkitd.pgstore import PostgresStore
 from agent_webkitd.pgstore import prune as pg_prune
 from agent_webkitd.sqlitestore import SqliteStore, prune_file
 from tests.conftest import Daemon, api_for
-from tests.standin.fake_model import fetch_requests
 from tests.standin.fixtures import fake_model_url
 from tests.test_daemon_real_cli import (
     client_for,
     events_until,
+    model_calls,
     named,
     open_session,
     start_real_daemon,
@@ -62,10 +62,6 @@ def last_user_blocks(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     [*_, last] = [m for m in calls[-1]["body"]["messages"] if m["role"] == "user"]
     content = last["content"]
     return [{"type": "text", "text": content}] if isinstance(content, str) else content
-
-
-async def model_calls(base_url: str) -> list[dict[str, Any]]:
-    return [r for r in await fetch_requests(base_url) if r["path"].startswith("/v1/messages?")]
 
 
 async def get(api: Api, path: str) -> tuple[int, Any]:
