@@ -116,7 +116,17 @@ class AgentConfig:
     allowed_cwd_roots: tuple[str, ...] = ()
     include_partial_messages: bool = True
     start_timeout_s: float = 60  # a CLI not connected by then is killed (502, wake_failed)
+    artefacts: bool = True  # the `artefacts` MCP server (limits: [artefacts])
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArtefactsConfig:
+    """Limits on what the model may store through the `artefacts` MCP server; over one,
+    its tool call gets an error result (the switch is `[agent] artefacts`)."""
+
+    max_bytes: int = 1_048_576  # the content of one artefact version, UTF-8
+    max_per_session: int = 100  # artefacts one session holds at once
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    artefacts: ArtefactsConfig = field(default_factory=ArtefactsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     genui: GenuiConfig = field(default_factory=GenuiConfig)
@@ -285,6 +296,8 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.max_streams_per_session", s.max_streams_per_session)
     _positive("sessions.max_message_bytes", s.max_message_bytes)
     _positive("sessions.max_image_bytes", s.max_image_bytes)
+    _positive("artefacts.max_bytes", config.artefacts.max_bytes)
+    _positive("artefacts.max_per_session", config.artefacts.max_per_session)
     for mode in (*a.allowed_permission_modes, a.permission_mode):
         if mode not in PERMISSION_MODES:
             raise ConfigError(

@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__
+from .artefacttools import ArtefactTools
 from .auth import Auth
 from .config import (
     AUTH_TOKEN_ENV,
@@ -43,6 +44,7 @@ from .routes import build_app
 from .store import MemoryStore, Store
 from .supervisor import Supervisor
 from .tickets import Tickets, ticket_key
+from .toolsets import Toolset
 from .wire import PROTOCOL_VERSION
 
 log = structlog.get_logger(__name__)
@@ -158,8 +160,12 @@ async def serve(config: Config, secrets: Secrets, components: tuple[Component, .
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
     metrics = Metrics()
-    toolsets = (GenuiToolset(components),) if components else ()
-    supervisor = Supervisor(config, store, metrics, toolsets=toolsets)
+    toolsets: tuple[Toolset, ...] = ()
+    if config.agent.artefacts:
+        toolsets += (ArtefactTools(),)
+    if components:
+        toolsets += (GenuiToolset(components),)
+    supervisor = Supervisor(config, store, metrics, toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back

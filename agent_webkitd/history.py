@@ -50,7 +50,7 @@ async def snapshot(session: Session) -> dict[str, Any]:
         "last_event_id": last_event_id,
         "pending_decisions": described["pending_decisions"],
         "messages": await _conversation(session),
-        "artefacts": [],
+        "artefacts": [a.describe() for a in session.artefacts.list()],
     }
 
 

@@ -119,7 +119,8 @@ class Metrics:
         self.limit_rejections = Counter(
             "agent_webkit_limit_rejections_total",
             "Requests refused by a limit, by limit: message_bytes, image_bytes, inbound_queue,"
-            " streams_per_session, streams.",
+            " streams_per_session, streams; and the model's artefact tool calls refused:"
+            " artefact_bytes, artefacts_per_session.",
             registry=r,
         )
         self.subscribers_live = Gauge(

@@ -46,9 +46,35 @@ CREATE TABLE awk_events (
 );
 """
 
+ARTEFACTS = """
+CREATE TABLE awk_artefacts (
+    session_id text NOT NULL REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    artefact_id text NOT NULL,
+    title text NOT NULL,
+    kind text NOT NULL,
+    language text,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (session_id, artefact_id)
+);
+
+CREATE TABLE awk_artefact_versions (
+    session_id text NOT NULL,
+    artefact_id text NOT NULL,
+    version int NOT NULL,                 -- 1, 2, ...: every version is kept
+    content text NOT NULL,
+    summary text,
+    bytes int NOT NULL,                   -- the content's size, UTF-8
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (session_id, artefact_id, version),
+    FOREIGN KEY (session_id, artefact_id)
+        REFERENCES awk_artefacts (session_id, artefact_id) ON DELETE CASCADE
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events, nodes", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPT_SCHEMA),
+    (3, "artefacts", ARTEFACTS),
 ]
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from . import __version__
+from .artefacts import KINDS
 from .config import PERMISSION_MODES
 
 Schema = dict[str, Any]
@@ -299,6 +300,66 @@ SCHEMAS: dict[str, Schema] = {
         ],
     },
     "Health": {"allOf": [ref("Counts"), obj({"ok": {"const": True}}, ("ok",))]},
+    "Artefact": obj(
+        {
+            "artefact_id": ANY_TEXT,
+            "title": ANY_TEXT,
+            "kind": {"enum": list(KINDS)},
+            "language": nullable(ANY_TEXT),
+            "version": {**ID, "description": "the latest version, or the one asked for"},
+            "summary": nullable(ANY_TEXT),
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "when `version` was written",
+            },
+        },
+        (
+            "artefact_id",
+            "title",
+            "kind",
+            "language",
+            "version",
+            "summary",
+            "created_at",
+            "updated_at",
+        ),
+    ),
+    "ArtefactList": obj(
+        {
+            "session_id": ANY_TEXT,
+            "artefacts": {"type": "array", "items": ref("Artefact"), "description": "oldest first"},
+        },
+        ("session_id", "artefacts"),
+    ),
+    "ArtefactContent": {
+        "allOf": [
+            ref("Artefact"),
+            obj(
+                {"latest_version": ID, "content": ANY_TEXT},
+                ("latest_version", "content"),
+            ),
+        ]
+    },
+    "ArtefactVersions": obj(
+        {
+            "artefact_id": ANY_TEXT,
+            "versions": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "version": ID,
+                        "summary": nullable(ANY_TEXT),
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "bytes": {"type": "integer", "description": "the content's size, UTF-8"},
+                    },
+                    ("version", "summary", "created_at", "bytes"),
+                ),
+            },
+        },
+        ("artefact_id", "versions"),
+    ),
     "Ready": obj({"ready": {"type": "boolean"}, "reason": ANY_TEXT}, ("ready",)),
     "GenuiSchema": obj(
         {
@@ -460,6 +521,47 @@ EVENTS: dict[str, Schema] = {
         description="Part of protocol 1.0; this daemon registers no hooks and never sends it.",
     ),
     "done": obj({}, description="The last event; the stream ends after it."),
+    "artefact_created": obj(
+        {
+            "artefact_id": ANY_TEXT,
+            "title": ANY_TEXT,
+            "kind": {"enum": list(KINDS)},
+            "language": nullable(ANY_TEXT),
+            "version": {"const": 1},
+            "content": ANY_TEXT,
+            "summary": nullable(ANY_TEXT),
+            "session_id": ANY_TEXT,
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+        (
+            "artefact_id",
+            "title",
+            "kind",
+            "language",
+            "version",
+            "content",
+            "summary",
+            "session_id",
+            "created_at",
+        ),
+        description="The model created an artefact (its `create_artefact` tool).",
+    ),
+    "artefact_updated": obj(
+        {
+            "artefact_id": ANY_TEXT,
+            "version": ID,
+            "content": ANY_TEXT,
+            "summary": nullable(ANY_TEXT),
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+        ("artefact_id", "version", "content", "summary", "updated_at"),
+        description="A new version, with the whole content (every version is kept).",
+    ),
+    "artefact_deleted": obj(
+        {"artefact_id": ANY_TEXT},
+        ("artefact_id",),
+        description="Deleted with every version (DELETE /sessions/{id}/artefacts/{aid}).",
+    ),
 }
 
 # -- routes ---------------------------------------------------------------------------------
@@ -468,7 +570,7 @@ ERRORS = {
     400: "Bad request",
     401: "Missing or invalid bearer token",
     403: "Not allowed by the operator's policy",
-    404: "No such session (or it is closed)",
+    404: "No such session (or it is closed), or no such artefact or version",
     409: "The decision was already made, or never issued",
     412: "The Last-Event-ID cursor is no longer (or not yet) available",
     413: "Request body too large",
@@ -506,6 +608,12 @@ SESSION_ID = {
     "schema": {"type": "string"},
 }
 DURABLE_ERRORS = ["session_elsewhere", "store_unavailable"]
+ARTEFACT_ID = {
+    "name": "artefact_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
 
 
 def paths() -> dict[str, Any]:
@@ -719,6 +827,67 @@ def paths() -> dict[str, Any]:
                 " written. Any principal may read it.",
                 "responses": {"200": ok("The render tools", ref("GenuiSchema")), **errors(AUTH)},
             }
+        },
+        "/sessions/{session_id}/artefacts": {
+            "parameters": [SESSION_ID],
+            "get": {
+                "operationId": "listArtefacts",
+                "summary": "The session's artefacts, each at its latest version (no contents)",
+                "responses": {
+                    "200": ok("The artefacts", ref("ArtefactList")),
+                    **errors({**AUTH, 404: ["not_found"], 503: DURABLE_ERRORS}),
+                },
+            },
+        },
+        "/sessions/{session_id}/artefacts/{artefact_id}": {
+            "parameters": [SESSION_ID, ARTEFACT_ID],
+            "get": {
+                "operationId": "getArtefact",
+                "summary": "One artefact with its content, at its latest version or `version`",
+                "parameters": [
+                    {
+                        "name": "version",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                ],
+                "responses": {
+                    "200": ok("The artefact", ref("ArtefactContent")),
+                    **errors(
+                        {
+                            400: ["invalid_version"],
+                            **AUTH,
+                            404: ["not_found", "artefact_not_found", "version_not_found"],
+                            503: DURABLE_ERRORS,
+                        }
+                    ),
+                },
+            },
+            "delete": {
+                "operationId": "deleteArtefact",
+                "summary": "Delete an artefact with every version; the stream gets"
+                " `artefact_deleted`",
+                "responses": {
+                    "204": ok("Deleted"),
+                    **errors(
+                        {**AUTH, 404: ["not_found", "artefact_not_found"], 503: DURABLE_ERRORS}
+                    ),
+                },
+            },
+        },
+        "/sessions/{session_id}/artefacts/{artefact_id}/versions": {
+            "parameters": [SESSION_ID, ARTEFACT_ID],
+            "get": {
+                "operationId": "listArtefactVersions",
+                "summary": "Every version of an artefact (no contents)",
+                "responses": {
+                    "200": ok("The versions", ref("ArtefactVersions")),
+                    **errors(
+                        {**AUTH, 404: ["not_found", "artefact_not_found"], 503: DURABLE_ERRORS}
+                    ),
+                },
+            },
         },
         "/healthz": {
             "get": {

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
+from .artefacts import Artefact, StoredVersion, Version
 from .config import StoreConfig, is_loopback
 from .eventlog import stored_frame
 from .migrations import migrate
@@ -90,6 +91,16 @@ class _Pending:
     text: str
 
 
+@dataclass
+class _ArtefactWrite:
+    """Save one version (`record`), or delete an artefact (`record` None)."""
+
+    session_id: str
+    artefact_id: str
+    record: StoredVersion | None
+    done: asyncio.Future[None]
+
+
 class PostgresStore:
     durable = True
     shared = True
@@ -107,6 +118,7 @@ class PostgresStore:
         # Session columns not yet stored: sdk_session_id, spec (JSON text).
         self._meta: dict[str, dict[str, str]] = {}
         self._closes: dict[str, str | None] = {}  # session id -> close reason (None: release)
+        self._artefacts: list[_ArtefactWrite] = []
         self._work = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -221,6 +233,50 @@ class PostgresStore:
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them
 
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        """Committed with the event that announces it (appended just before)."""
+        await self._write_artefact(session_id, record.artefact_id, record)
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        await self._write_artefact(session_id, artefact_id, None)
+
+    async def _write_artefact(
+        self, session_id: str, artefact_id: str, record: StoredVersion | None
+    ) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._artefacts.append(_ArtefactWrite(session_id, artefact_id, record, done))
+        self._wake_writer()
+        await done
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        content: str | None = await self._pool.fetchval(
+            "SELECT content FROM awk_artefact_versions"
+            " WHERE session_id = $1 AND artefact_id = $2 AND version = $3",
+            session_id,
+            artefact_id,
+            version,
+        )
+        return content
+
+    async def _artefact_index(self, session_id: str) -> list[Artefact]:
+        index: dict[str, Artefact] = {}
+        for r in await self._pool.fetch(
+            "SELECT a.artefact_id, a.title, a.kind, a.language,"
+            " extract(epoch FROM a.created_at)::float8 AS created_at, v.version, v.summary,"
+            " v.bytes, extract(epoch FROM v.created_at)::float8 AS version_created_at"
+            " FROM awk_artefacts a JOIN awk_artefact_versions v USING (session_id, artefact_id)"
+            " WHERE a.session_id = $1 ORDER BY a.created_at, a.artefact_id, v.version",
+            session_id,
+        ):
+            artefact = index.setdefault(
+                r["artefact_id"],
+                Artefact(r["artefact_id"], r["title"], r["kind"], r["language"], r["created_at"]),
+            )
+            artefact.versions.append(
+                Version(r["version"], r["summary"], r["version_created_at"], r["bytes"])
+            )
+        return list(index.values())
+
     def _wake_writer(self) -> None:
         self._idle.clear()
         self._work.set()
@@ -233,20 +289,22 @@ class PostgresStore:
             batch, self._pending = self._pending, []
             meta, self._meta = self._meta, {}
             closes, self._closes = self._closes, {}
+            artefacts, self._artefacts = self._artefacts, []
             try:
                 try:
-                    lost = await self._commit(batch, meta, closes)
+                    lost = await self._commit(batch, meta, closes, artefacts)
                 except TRANSIENT:
                     raise
                 except asyncpg.PostgresError as exc:
                     log.error("store_batch_refused", error=str(exc), events=len(batch))
-                    lost = await self._commit_each_session(batch, meta, closes)
+                    lost = await self._commit_each_session(batch, meta, closes, artefacts)
             except Exception as exc:  # transient (or a bug): never let the writer die
                 # Keep everything, in order, and try again: nothing is published meanwhile.
                 self._pending[:0] = batch
                 for session_id, fields in meta.items():  # newer notes win
                     self._meta[session_id] = {**fields, **self._meta.get(session_id, {})}
                 self._closes = {**closes, **self._closes}
+                self._artefacts[:0] = artefacts
                 if self.healthy:
                     log.error("store_commit_failed", error=str(exc), pending_events=len(batch))
                 self.healthy = False
@@ -268,9 +326,12 @@ class PostgresStore:
             for session_id in lost:
                 log.error("session_stopped_here", session_id=session_id)
                 self.on_session_lost(session_id)
+            for write in artefacts:  # stored, or void with a session this host lost
+                if not write.done.done():
+                    write.done.set_result(None)
             if len(self._pending) < self.config.max_pending_events:
                 self._room.set()
-            if not self._pending and not self._meta and not self._closes:
+            if not (self._pending or self._meta or self._closes or self._artefacts):
                 self._idle.set()
 
     async def _commit_each_session(
@@ -278,6 +339,7 @@ class PostgresStore:
         batch: list[_Pending],
         meta: dict[str, dict[str, str]],
         closes: dict[str, str | None],
+        artefacts: list[_ArtefactWrite],
     ) -> set[str]:
         """PostgreSQL refused a batch for good (not a connection problem): commit each
         session's share on its own, so one session's bad events cannot stall every other.
@@ -287,12 +349,14 @@ class PostgresStore:
         for item in batch:
             shares.setdefault(item.log.session_id, []).append(item)
         lost: set[str] = set()
-        for session_id in sorted(set(shares) | set(meta) | set(closes)):
+        writes = {w.session_id for w in artefacts}
+        for session_id in sorted(set(shares) | set(meta) | set(closes) | writes):
             try:
                 lost |= await self._commit(
                     shares.get(session_id, []),
                     {session_id: meta[session_id]} if session_id in meta else {},
                     {session_id: closes[session_id]} if session_id in closes else {},
+                    [w for w in artefacts if w.session_id == session_id],
                 )
             except TRANSIENT:
                 raise  # the whole batch is retried; what was committed is skipped then
@@ -306,13 +370,14 @@ class PostgresStore:
         batch: list[_Pending],
         meta: dict[str, dict[str, str]],
         closes: dict[str, str | None],
+        artefacts: list[_ArtefactWrite],
     ) -> set[str]:
         """Store a batch in one transaction; returns the sessions this host no longer owns
-        (their events are not stored)."""
+        (their events and artefacts are not stored)."""
         last: dict[str, int] = {}
         for item in batch:
             last[item.log.session_id] = item.seq
-        touched = sorted(set(last) | set(meta) | set(closes))
+        touched = sorted(set(last) | set(meta) | set(closes) | {w.session_id for w in artefacts})
         if not touched:
             return set()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -352,6 +417,9 @@ class PostgresStore:
                     [i.name for i in rows],
                     [i.text for i in rows],
                 )
+            for write in artefacts:
+                if write.session_id in owned:
+                    await _write_artefact(conn, write)
             ended = [s for s in closes if s in owned]
             if ended:
                 await conn.execute(
@@ -441,6 +509,7 @@ class PostgresStore:
             last_seq=last_seq,
             events=[(e["name"], json.loads(e["data"])) for e in events],
             created_at=row["created_at"],
+            artefacts=await self._artefact_index(session_id),
         )
 
     async def _claim_from_dead(
@@ -457,6 +526,44 @@ class PostgresStore:
             return await conn.fetchrow(
                 _CLAIM.format("s.owner = $4"), session_id, self.node_id, principal, dead_owner
             )
+
+
+async def _write_artefact(conn: Any, write: _ArtefactWrite) -> None:
+    """In order: a retried batch finds its own rows already there and skips them."""
+    record = write.record
+    if record is None:  # its versions go with it (ON DELETE CASCADE)
+        await conn.execute(
+            "DELETE FROM awk_artefacts WHERE session_id = $1 AND artefact_id = $2",
+            write.session_id,
+            write.artefact_id,
+        )
+        return
+    if record.version.version == 1:
+        await conn.execute(
+            "INSERT INTO awk_artefacts (session_id, artefact_id, title, kind, language, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
+            write.session_id,
+            record.artefact_id,
+            record.title,
+            record.kind,
+            record.language,
+            record.artefact_created_at,
+        )
+    version = record.version
+    await conn.execute(
+        "INSERT INTO awk_artefact_versions"
+        " (session_id, artefact_id, version, content, summary, bytes, created_at)"
+        " SELECT $1, $2, $3, $4, $5, $6, to_timestamp($7) WHERE EXISTS (SELECT 1 FROM"
+        "  awk_artefacts WHERE session_id = $1 AND artefact_id = $2)"  # not if deleted meanwhile
+        " ON CONFLICT DO NOTHING",
+        write.session_id,
+        record.artefact_id,
+        version.version,
+        record.content,
+        version.summary,
+        version.bytes,
+        version.created_at,
+    )
 
 
 async def owner_is_gone(owner: str, url: str | None) -> bool:

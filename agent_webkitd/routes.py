@@ -247,6 +247,51 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def list_artefacts(request: web.Request) -> web.StreamResponse:
+    session = await find_session(request)
+    listed = [a.describe() for a in session.artefacts.list()]
+    return json_response({"session_id": session.id, "artefacts": listed})
+
+
+async def get_artefact(request: web.Request) -> web.StreamResponse:
+    """One artefact with its content, at `?version=n` (the latest by default)."""
+    session = await find_session(request)
+    number = artefact_version(request.query.get("version"))
+    artefact, version, content = await session.artefacts.read(
+        request.match_info["artefact_id"], number
+    )
+    return json_response(
+        {
+            **artefact.describe(version),
+            "latest_version": artefact.latest.version,
+            "content": content,
+        }
+    )
+
+
+async def list_artefact_versions(request: web.Request) -> web.StreamResponse:
+    session = await find_session(request)
+    artefact = session.artefacts.get(request.match_info["artefact_id"])
+    versions = [v.describe() for v in artefact.versions]
+    return json_response({"artefact_id": artefact.artefact_id, "versions": versions})
+
+
+async def delete_artefact(request: web.Request) -> web.StreamResponse:
+    """Gone with every version; the stream gets `artefact_deleted`."""
+    session = await find_session(request)
+    await asyncio.shield(session.artefacts.delete(request.match_info["artefact_id"]))
+    return web.Response(status=204)
+
+
+def artefact_version(raw: str | None) -> int | None:
+    """`?version=n`: a positive integer, or absent (the latest)."""
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        raise bad_request("invalid_version", f"version must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"ok": True, **request.app[SUPERVISOR].counts()})
 
@@ -305,6 +350,12 @@ def build_app(
     app.router.add_get("/sessions/{session_id}/messages", get_messages)
     app.router.add_get("/sessions/{session_id}/snapshot", get_snapshot)
     app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_get("/sessions/{session_id}/artefacts", list_artefacts)
+    app.router.add_get("/sessions/{session_id}/artefacts/{artefact_id}", get_artefact)
+    app.router.add_delete("/sessions/{session_id}/artefacts/{artefact_id}", delete_artefact)
+    app.router.add_get(
+        "/sessions/{session_id}/artefacts/{artefact_id}/versions", list_artefact_versions
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -22,7 +22,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +39,9 @@ from .agent import (
     cli_transcript_exists,
 )
 from .agentslots import AgentSlots
+from .artefacts import Artefacts
 from .bridge import Bridge
-from .config import AgentConfig
+from .config import AgentConfig, ArtefactsConfig
 from .errors import ApiError, unavailable
 from .eventlog import EventLog
 from .metrics import Metrics
@@ -77,6 +78,8 @@ class SessionSpec:
     resume: str | None = None  # the Claude conversation this session continues
     fork: bool = False  # ...on a branch of its own (until the CLI names the new one)
     toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
+    artefact_limits: ArtefactsConfig = field(default_factory=ArtefactsConfig)
+    max_line_bytes: int | None = None  # the SDK's max_buffer_size (None: its default)
 
 
 class WakeFailed(Exception):
@@ -103,6 +106,15 @@ class Session:
         self.log = EventLog(self.id, spec.ring_size, store, claimed.last_seq if claimed else 0)
         self.bridge = Bridge(
             self.id, self.emit, self._emit_live_state, spec.permission_timeout_s, metrics
+        )
+        # Part of the conversation, like its events: kept across wakes, restarts, failovers.
+        self.artefacts = Artefacts(
+            self.id,
+            store,
+            self.emit,
+            spec.artefact_limits,
+            metrics,
+            claimed.artefacts if claimed else None,
         )
         self.state = "starting"
         # The settings a (re)started CLI gets: as created, then as last set.
@@ -340,6 +352,7 @@ class Session:
             can_use_tool=self.bridge.can_use_tool,
             mcp_servers={t.name: t.server(self) for t in self.spec.toolsets},
             allowed_tools=[name for t in self.spec.toolsets for name in t.allowed_tools()],
+            max_buffer_size=self.spec.max_line_bytes,
         )
 
     async def _serve(self, agent: Agent) -> None:

@@ -73,9 +73,34 @@ CREATE UNIQUE INDEX awk_transcript_entries_uuid ON awk_transcript_entries (trans
     WHERE uuid IS NOT NULL
 """
 
+ARTEFACTS = """
+CREATE TABLE awk_artefacts (
+    session_id TEXT NOT NULL REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    artefact_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    language TEXT,
+    created_at REAL NOT NULL,           -- unix time
+    PRIMARY KEY (session_id, artefact_id)
+) WITHOUT ROWID;
+CREATE TABLE awk_artefact_versions (
+    session_id TEXT NOT NULL,
+    artefact_id TEXT NOT NULL,
+    version INTEGER NOT NULL,           -- 1, 2, ...: every version is kept
+    content TEXT NOT NULL,
+    summary TEXT,
+    bytes INTEGER NOT NULL,             -- the content's size, UTF-8
+    created_at REAL NOT NULL,
+    PRIMARY KEY (session_id, artefact_id, version),
+    FOREIGN KEY (session_id, artefact_id)
+        REFERENCES awk_artefacts (session_id, artefact_id) ON DELETE CASCADE
+)                                       -- a rowid table: contents may be large
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPTS),
+    (3, "artefacts", ARTEFACTS),
 ]
 
 

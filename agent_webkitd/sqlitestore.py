@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
+from .artefacts import Artefact, StoredVersion, Version
 from .config import StoreConfig
 from .eventlog import stored_frame
 from .sessionstore import fold_summary, subpath_of, uuid_of
@@ -49,6 +50,16 @@ SETTLED_STATES = ("idle", "hibernated", "closed")
 
 
 @dataclass
+class _ArtefactWrite:
+    """Save one version (`record`), or delete an artefact (`record` None)."""
+
+    session_id: str
+    artefact_id: str
+    record: StoredVersion | None
+    done: asyncio.Future[None]
+
+
+@dataclass
 class _Batch:
     """What one commit stores."""
 
@@ -59,9 +70,17 @@ class _Batch:
     transcripts: list[tuple[SessionKey, list[SessionStoreEntry], asyncio.Future[None]]] = field(
         default_factory=list
     )
+    artefacts: list[_ArtefactWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.meta or self.closes or self.releases or self.transcripts)
+        return bool(
+            self.events
+            or self.meta
+            or self.closes
+            or self.releases
+            or self.transcripts
+            or self.artefacts
+        )
 
     def put_back(self, later: _Batch) -> None:
         """Keep this failed batch in front of what arrived since (`later`), in order."""
@@ -71,6 +90,11 @@ class _Batch:
         later.closes = {**self.closes, **later.closes}
         later.releases = {**self.releases, **later.releases}
         later.transcripts[:0] = self.transcripts
+        later.artefacts[:0] = self.artefacts
+
+    def written(self) -> list[asyncio.Future[None]]:
+        """What waits for this batch's commit."""
+        return [done for _, _, done in self.transcripts] + [a.done for a in self.artefacts]
 
 
 class SqliteStore:
@@ -176,6 +200,21 @@ class SqliteStore:
         self._wake_writer()
         await done
 
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        """Committed with the event that announces it (appended just before)."""
+        await self._write_artefact(session_id, record.artefact_id, record)
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        await self._write_artefact(session_id, artefact_id, None)
+
+    async def _write_artefact(
+        self, session_id: str, artefact_id: str, record: StoredVersion | None
+    ) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.artefacts.append(_ArtefactWrite(session_id, artefact_id, record, done))
+        self._wake_writer()
+        await done
+
     def _wake_writer(self) -> None:
         self._idle.clear()
         self._work.set()
@@ -211,7 +250,7 @@ class SqliteStore:
                 newest[event_log] = seq
             for event_log, seq in newest.items():
                 event_log.publish(seq)
-            for _, _, done in batch.transcripts:
+            for done in batch.written():
                 if not done.done():
                     done.set_result(None)
             if len(self._pending.events) < self.config.max_pending_events:
@@ -230,6 +269,16 @@ class SqliteStore:
             ).fetchall()
         )
         return [stored_frame(seq, name, data) for seq, name, data in rows]
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT content FROM awk_artefact_versions"
+                " WHERE session_id = ? AND artefact_id = ? AND version = ?",
+                (session_id, artefact_id, version),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
 
     async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
         row = await self.db.read(
@@ -303,6 +352,50 @@ def _commit(conn: sqlite3.Connection, *, batch: _Batch, now: float) -> None:
     )
     for key, entries, _ in batch.transcripts:
         _append_transcript(conn, key, entries, int(now * 1000))
+    for write in batch.artefacts:
+        _write_artefact(conn, write)
+
+
+def _write_artefact(conn: sqlite3.Connection, write: _ArtefactWrite) -> None:
+    """In order: a retried batch finds its own rows already there and skips them."""
+    record = write.record
+    if record is None:  # its versions go with it (ON DELETE CASCADE)
+        conn.execute(
+            "DELETE FROM awk_artefacts WHERE session_id = ? AND artefact_id = ?",
+            (write.session_id, write.artefact_id),
+        )
+        return
+    if record.version.version == 1:
+        conn.execute(
+            "INSERT OR IGNORE INTO awk_artefacts"
+            " (session_id, artefact_id, title, kind, language, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                write.session_id,
+                record.artefact_id,
+                record.title,
+                record.kind,
+                record.language,
+                record.artefact_created_at,
+            ),
+        )
+    version = record.version
+    conn.execute(
+        "INSERT OR IGNORE INTO awk_artefact_versions"
+        " (session_id, artefact_id, version, content, summary, bytes, created_at)"
+        " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM awk_artefacts"
+        "  WHERE session_id = ? AND artefact_id = ?)",  # not for one deleted meanwhile
+        (
+            write.session_id,
+            record.artefact_id,
+            version.version,
+            record.content,
+            version.summary,
+            version.bytes,
+            version.created_at,
+            write.session_id,
+            record.artefact_id,
+        ),
+    )
 
 
 def _append_transcript(
@@ -370,9 +463,27 @@ def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[
                 last_state=last_state,
                 created_at=created_at,
                 idle_s=max(0.0, now - last_active),
+                artefacts=_load_artefacts(conn, session_id),
             )
         )
     return sessions
+
+
+def _load_artefacts(conn: sqlite3.Connection, session_id: str) -> list[Artefact]:
+    """A session's artefact index (no contents), oldest first."""
+    index: dict[str, Artefact] = {}
+    for artefact_id, title, kind, language, created_at, version, summary, size, at in conn.execute(
+        "SELECT a.artefact_id, a.title, a.kind, a.language, a.created_at,"
+        " v.version, v.summary, v.bytes, v.created_at"
+        " FROM awk_artefacts a JOIN awk_artefact_versions v USING (session_id, artefact_id)"
+        " WHERE a.session_id = ? ORDER BY a.created_at, a.artefact_id, v.version",
+        (session_id,),
+    ):
+        artefact = index.setdefault(
+            artefact_id, Artefact(artefact_id, title, kind, language, created_at)
+        )
+        artefact.versions.append(Version(version, summary, at, size))
+    return list(index.values())
 
 
 def migrate_file(path: Path) -> list[int]:

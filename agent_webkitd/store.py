@@ -8,6 +8,9 @@ The embedded store (sqlitestore.py, the default) and the Postgres store (pgstore
 `durable`: they commit events before publishing them, replay from disk, and keep a
 session across a restart (released at shutdown, loaded as hibernated at start-up). The
 Postgres store is also `shared`: another host may claim a session whose owner is gone.
+
+Each backend also keeps every version of every artefact (artefacts.py): the memory store
+until the session closes, the durable ones in the same commit as the event announcing it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from claude_agent_sdk.types import SessionStore
 
+    from .artefacts import Artefact, StoredVersion
     from .eventlog import EventLog
 
 
@@ -34,6 +38,7 @@ class ClaimedSession:
     last_state: str | None = None  # its last session_state, when the store knows it
     created_at: float | None = None  # unix time
     idle_s: float = 0.0  # how long since its last sign of life
+    artefacts: list[Artefact] = field(default_factory=list)  # its artefacts' index, oldest first
 
 
 class SessionOwnedElsewhere(Exception):
@@ -105,6 +110,22 @@ class Store(Protocol):
 
     def sdk_session_store(self) -> SessionStore | None: ...
 
+    # Artefacts (artefacts.py): every version's content. The index comes back with the
+    # session (ClaimedSession.artefacts).
+
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        """Store one version (and, with version 1, the artefact); return once it is
+        durable. Committed with the events appended before it."""
+        ...
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        """Delete an artefact with every version; return once that is durable."""
+        ...
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        """One version's content (None if there is no such version)."""
+        ...
+
 
 class MemoryStore:
     """Nothing survives the process; the ring is all the history there is."""
@@ -115,6 +136,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        # Artefact contents by session, then by (artefact id, version); gone with the session.
+        self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
 
     async def start(self) -> None:
         pass
@@ -147,7 +170,7 @@ class MemoryStore:
         return False  # the CLI keeps its own files
 
     async def session_closed(self, session_id: str, reason: str) -> None:
-        pass
+        self._artefacts.pop(session_id, None)
 
     async def release(self, session_id: str, last_active: float) -> None:
         pass
@@ -162,3 +185,15 @@ class MemoryStore:
 
     def sdk_session_store(self) -> SessionStore | None:
         return None
+
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        contents = self._artefacts.setdefault(session_id, {})
+        contents[(record.artefact_id, record.version.version)] = record.content
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        contents = self._artefacts.get(session_id, {})
+        for key in [k for k in contents if k[0] == artefact_id]:
+            del contents[key]
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        return self._artefacts.get(session_id, {}).get((artefact_id, version))

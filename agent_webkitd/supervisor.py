@@ -18,6 +18,7 @@ import structlog
 from . import wire
 from .agent import AgentStartFailed
 from .agentslots import AgentSlots
+from .artefacts import cli_line_bytes
 from .config import Config
 from .errors import ApiError, bad_request, not_found, unavailable
 from .metrics import Metrics
@@ -175,6 +176,8 @@ class Supervisor:
             max_message_bytes=self.config.sessions.max_message_bytes,
             max_image_bytes=self.config.sessions.max_image_bytes,
             toolsets=self.toolsets,
+            artefact_limits=self.config.artefacts,
+            max_line_bytes=cli_line_bytes(self.config.artefacts) if agent.artefacts else None,
         )
 
     async def create(self, request: wire.CreateSession, owner: Principal) -> Session:

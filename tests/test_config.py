@@ -66,6 +66,10 @@ def test_the_sqlite_path_is_relative_to_the_config_file_not_the_working_director
         ("[store]\nlease_s = 0\n", "store.lease_s"),
         ("[store]\npool_min = 5\npool_max = 2\n", "store.pool_min"),
         ("[store]\nmax_pending_events = -1\n", "store.max_pending_events"),
+        ("[agent]\nartefacts = \"yes\"\n", "agent.artefacts"),
+        ("[artefacts]\nmax_bytes = 0\n", "artefacts.max_bytes"),
+        ("[artefacts]\nmax_per_session = 1.5\n", "artefacts.max_per_session"),
+        ("[artefacts]\nenabled = false\n", "artefacts.enabled"),  # the switch is [agent] artefacts
     ],
 )
 def test_bad_keys_and_types_are_errors_naming_the_key(tmp_path: Path, text: str, named: str) -> None:

@@ -113,7 +113,8 @@ async def test_a_cli_that_exits_quietly_mid_turn_does_not_leave_the_session_hang
 
 
 async def test_a_stdout_line_over_the_sdk_buffer_limit_is_an_error_and_the_cli_is_replaced(api: Api, daemon: Daemon) -> None:
-    session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"big_line": 2_000_000}, {"text": "after"}]}]})
+    # Over the SDK's buffer: 1 MiB, plus twice artefacts.max_bytes (1 MiB) while artefacts are on.
+    session_id, stream = await open_session(api, daemon, {"turns": [{"steps": [{"big_line": 4_000_000}, {"text": "after"}]}]})
     await api.say(session_id, "go")
     tail = await until_state(stream, "hibernated")
     assert [e.data["code"] for e in tail if e.name == "error"] == ["agent_protocol_error"]

@@ -52,7 +52,8 @@ def banner(base: str, workdir: Path, model_url: str) -> str:
 agent-webkitd demo: {base}   (auth off, loopback only)
   real bundled Claude Code CLI -> stand-in model at {model_url} (offline, no key needed)
   sessions work in {workdir}
-  the stand-in model replies by keyword: "write" (Write out.txt), "ask", "slow", "history"
+  the stand-in model replies by keyword: "write" (Write out.txt), "ask", "slow", "history",
+  "make artefact <title>", "update artefact <id> <text>", "read artefact <id>"
 
 Terminal 2, create a session and watch it:
   S=$(curl -s -X POST {base}/sessions | sed -E 's/.*"session_id":"([^"]+)".*/\\1/'); echo $S

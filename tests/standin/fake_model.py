@@ -4,6 +4,14 @@ The real Claude Code CLI is pointed at it with ``ANTHROPIC_BASE_URL`` so that
 end-to-end tests run real tools offline; only the model is fake. Replies are
 decided from the last user message of each request (see ``script_reply``).
 
+The daemon's artefact tools are MCP tools, which the real CLI offers as deferred
+tools: their schemas are sent only after the model has asked for them with
+``ToolSearch`` ("select:<name>"). So a keyword that calls one ("make artefact <title>",
+"make <n>-byte artefact <title>", "update artefact <id> <text>", "read artefact <id>")
+first replies with that
+ToolSearch call while the tool is missing from the request's ``tools``, then calls
+the tool on the next request.
+
 Run it alone with ``python -m tests.standin.fake_model --port 0``, or in a test
 with ``async with run_fake_model() as base_url: ...``.
 """
@@ -62,6 +70,8 @@ _ANSWER_RE = re.compile(r'"([^"]*)"="([^"]*)"')
 # "render <component> <json object>": call the generative-UI tool of that component.
 _RENDER_RE = re.compile(r"render ([A-Za-z0-9_-]+) (.+)", re.DOTALL)
 GENUI_PREFIX = "mcp__genui__render_"
+ARTEFACT_TOOL = "mcp__artefacts__{}"
+TOOL_SEARCH = "ToolSearch"
 
 
 @dataclass
@@ -181,6 +191,56 @@ def _result_text(block: dict[str, Any]) -> str:
 # --- the scripted model --------------------------------------------------------
 
 
+_SIZED_RE = re.compile(r"make (\d+)-byte artefact (.+)", re.IGNORECASE)
+
+
+def artefact_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """The artefact tool a user's words ask for, and its input."""
+    sized = _SIZED_RE.fullmatch(text)
+    if sized:  # code of exactly that many bytes, a newline every 6 (escaped on the wire)
+        size, title = int(sized.group(1)), sized.group(2)
+        content = ("x = 1\n" * (size // 6 + 1))[:size]
+        return "create_artefact", {"title": title, "kind": "text/code", "content": content}
+    words = text.split(maxsplit=3)
+    if len(words) < 3 or words[1].lower() != "artefact":
+        return None
+    verb, rest = words[0].lower(), text.split(maxsplit=2)[2]
+    if verb == "make":
+        content = f"# {rest}\n\nThe first draft.\n"
+        return "create_artefact", {
+            "title": rest,
+            "kind": "text/markdown",
+            "content": content,
+            "summary": "first draft",
+        }
+    if verb == "update" and len(words) == 4:
+        return "update_artefact", {"artefact_id": words[2], "content": words[3], "summary": "revised"}
+    if verb == "read":
+        return "read_artefact", {"artefact_id": words[2]}
+    return None
+
+
+def _has_tool_result(message: dict[str, Any]) -> bool:
+    return any(b.get("type") == "tool_result" for b in _blocks(message.get("content")))
+
+
+def _tool_offered(body: dict[str, Any], name: str) -> bool:
+    return any(isinstance(t, dict) and t.get("name") == name for t in body.get("tools", []))
+
+
+def _call_artefact_tool(body: dict[str, Any], model: FakeModel, text: str) -> Reply | None:
+    """The artefact tool call `text` asks for; a ToolSearch for it first while the CLI
+    has not loaded its schema (it is deferred)."""
+    call = artefact_call(text)
+    if call is None:
+        return None
+    name, tool_input = ARTEFACT_TOOL.format(call[0]), call[1]
+    if not _tool_offered(body, name):
+        search = ToolUse(model.next_id("toolu"), TOOL_SEARCH, {"query": f"select:{name}"})
+        return Reply([search], "tool_use")
+    return Reply([ToolUse(model.next_id("toolu"), name, tool_input)], "tool_use")
+
+
 def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
     """Decide the whole reply from the last user message; deterministic apart from ids."""
     messages: list[dict[str, Any]] = body.get("messages", [])
@@ -191,15 +251,24 @@ def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
     results = [b for b in _blocks(last.get("content")) if b.get("type") == "tool_result"]
     if results:
         for result in results:
-            tool_name = _tool_name(messages, str(result.get("tool_use_id")))
-            if tool_name == "AskUserQuestion":
+            tool = _tool_name(messages, str(result.get("tool_use_id")))
+            if tool == "AskUserQuestion":
                 answers = [a for _, a in _ANSWER_RE.findall(_result_text(result))]
                 if answers:
                     return Reply([Text(f"You chose: {', '.join(answers)}.")], "end_turn")
             render = render_request(users)
-            if tool_name == "ToolSearch" and render is not None:
+            if tool == TOOL_SEARCH and render is not None:
                 # The render tool's schema is loaded now: call it.
                 return Reply([ToolUse(model.next_id("toolu"), *render)], "tool_use")
+            if tool == TOOL_SEARCH:  # the schema is loaded now: make the call asked for
+                # The prompt, not this message's own text (the CLI adds "Tool loaded.").
+                prompts = [user_text(m) for m in users if not _has_tool_result(m)]
+                reply = _call_artefact_tool(body, model, prompts[-1] if prompts else "")
+                if reply is not None:
+                    return reply
+            if tool and tool.startswith(ARTEFACT_TOOL.format("")):
+                error = "error " if result.get("is_error") else ""
+                return Reply([Text(f"Artefact tool {error}result: {_result_text(result)}")], "end_turn")
         return Reply([Text("All done.")], "end_turn")
 
     text = user_text(last)
@@ -212,6 +281,9 @@ def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
         # a real model, load the tool with ToolSearch first, then call it (above).
         search = {"query": f"select:{render[0]}"}
         return Reply([ToolUse(model.next_id("toolu"), "ToolSearch", search)], "tool_use")
+    artefact_reply = _call_artefact_tool(body, model, text)
+    if artefact_reply is not None:
+        return artefact_reply
     if "write" in lowered:
         cwd = find_cwd(body)
         path = f"{cwd.rstrip('/')}/out.txt" if cwd else "out.txt"

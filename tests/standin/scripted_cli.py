@@ -38,6 +38,15 @@ the turn ends with a `result` (subtype success) and session_state_changed idle:
     {"mcp": [{"name": "srv", "status": "connected"}]}   mcp_servers of the next inits
     {"echo": true}                    reply "echo: <the user's text>"
 
+A tool_use whose name is `mcp__<server>__<tool>` for an SDK server of `--mcp-config` (one
+the SDK hosts in-process, `"type": "sdk"`) is called like the real CLI calls it (frames
+06): `mcp_message` control requests carrying JSON-RPC, the handshake (initialize,
+notifications/initialized, tools/list) before the server's first call, then `tools/call`;
+its result is the tool's result (an `isError` one as an is_error text). A tool named in
+`--allowedTools` runs without asking through can_use_tool. Unlike the real CLI the
+stand-in does not list SDK servers in system/init (the scenario's `mcp` list is what init
+reports), and does not defer MCP tools behind ToolSearch.
+
 Tool results: allowed -> "ok: " + json.dumps(updatedInput) (or `result`); AskUserQuestion
 -> the real CLI's "Your questions have been answered: ..." text; denied -> is_error with
 the deny message; deny with interrupt, or an `interrupt` control request, ends the turn
@@ -177,6 +186,15 @@ class ToolCall:
 
 
 @dataclass
+class McpServer:
+    """An SDK MCP server the stand-in talks to through the SDK (mcp_message requests)."""
+
+    name: str
+    next_id: int = 0  # JSON-RPC ids count from 0, as the real CLI's do
+    ready: bool = False  # the handshake is done
+
+
+@dataclass
 class PendingPermission:
     request_id: str
     tool: ToolCall
@@ -266,6 +284,15 @@ def option(argv: list[str], name: str) -> str | None:
         if arg.startswith(name + "="):
             return arg[len(name) + 1 :]
     return None
+
+
+def sdk_mcp_servers(argv: list[str]) -> list[str]:
+    """The names of the in-process (SDK) MCP servers in `--mcp-config`."""
+    raw = option(argv, "--mcp-config")
+    if not raw:
+        return []
+    servers = json.loads(raw).get("mcpServers") or {}
+    return [name for name, server in servers.items() if server.get("type") == "sdk"]
 
 
 def user_text(content: Any) -> str:
@@ -460,6 +487,8 @@ class ScriptedCli:
         self.model = option(argv, "--model") or DEFAULT_MODEL
         self.permission_mode = option(argv, "--permission-mode") or "default"
         self.mcp_servers: list[Frame] = scenario.mcp
+        self.sdk_servers = {name: McpServer(name) for name in sdk_mcp_servers(argv)}
+        self.allowed_tools = set(filter(None, (option(argv, "--allowedTools") or "").split(",")))
         self.inbox: queue.Queue[Frame | _Eof] = queue.Queue()
         self.queued_turns: deque[Frame] = deque()
         self.replies: dict[str, Frame] = {}
@@ -766,6 +795,8 @@ class ScriptedCli:
     def needs_prompt(self, tool: ToolCall) -> bool:
         if tool.name == ASK_TOOL:
             return True
+        if tool.name in self.allowed_tools:
+            return False
         if not tool.permission or self.permission_mode == "bypassPermissions":
             return False
         return not (self.permission_mode == "acceptEdits" and tool.name in EDIT_TOOLS)
@@ -773,7 +804,8 @@ class ScriptedCli:
     def run_tool(self, tool: ToolCall) -> None:
         turn = self.current_turn()
         if not self.needs_prompt(tool):
-            source = {"decision": "accept", "source": "config", "reason_type": "mode"}
+            reason = "rule" if tool.name in self.allowed_tools else "mode"
+            source = {"decision": "accept", "source": "config", "reason_type": reason}
             self.tool_result(tool, self.tool_output(tool, tool.input), source)
             return
         if not self.can_prompt:
@@ -811,20 +843,95 @@ class ScriptedCli:
             ],
         )
 
-    def tool_output(self, tool: ToolCall, updated_input: Frame) -> tuple[str, Any]:
-        """The tool_result text and the frame's `tool_use_result` for an allowed call."""
+    def tool_output(self, tool: ToolCall, updated_input: Frame) -> tuple[Any, Any, bool]:
+        """The tool_result content, the frame's `tool_use_result` and whether it is an
+        error, for an allowed call."""
         if tool.name == ASK_TOOL:
-            return answers_text(updated_input.get("answers")), updated_input
+            return answers_text(updated_input.get("answers")), updated_input, False
+        server, _, name = tool.name.removeprefix("mcp__").partition("__")
+        if tool.name.startswith("mcp__") and server in self.sdk_servers:
+            return self.call_mcp_tool(self.sdk_servers[server], name, tool.id, updated_input)
         text = tool.result if tool.result is not None else "ok: " + json.dumps(updated_input)
-        return text, text
+        return text, text, False
 
-    def tool_result(self, tool: ToolCall, output: tuple[str, Any], decision: Frame) -> None:
-        text, structured = output
+    def tool_result(self, tool: ToolCall, output: tuple[Any, Any, bool], decision: Frame) -> None:
+        content, structured, is_error = output
+        block: Frame = {"tool_use_id": tool.id, "type": "tool_result", "content": content}
+        if is_error:  # as the real CLI words an error result (frames 06)
+            block = {"type": "tool_result", "content": content, "is_error": True, "tool_use_id": tool.id}
         self.user(
-            [{"tool_use_id": tool.id, "type": "tool_result", "content": text}],
+            [block],
             tool_use_result=structured,
             tool_result_meta=[{"id": tool.id, "permission_decision": decision}],
         )
+
+    # --- SDK MCP servers: JSON-RPC through mcp_message control requests ----------------
+
+    def call_mcp_tool(
+        self, server: McpServer, name: str, tool_use_id: str, arguments: Frame
+    ) -> tuple[Any, Any, bool]:
+        if not server.ready:
+            self.mcp_handshake(server)
+        request_id = server.next_id
+        response = self.mcp_request(
+            server,
+            "tools/call",
+            {
+                "name": name,
+                "arguments": arguments,
+                "_meta": {"claudecode/toolUseId": tool_use_id, "progressToken": request_id},
+            },
+        )
+        result = response.get("result")
+        if not isinstance(result, dict):
+            error = response.get("error") or {}
+            message = str(error.get("message", "no result"))
+            return message, f"Error: {message}", True
+        content = result.get("content") or []
+        if result.get("isError"):
+            text = "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+            return text, f"Error: {text}", True
+        return content, content, False
+
+    def mcp_handshake(self, server: McpServer) -> None:
+        """What the real CLI sends a server before using it (frames 06)."""
+        self.mcp_request(
+            server,
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {
+                    "name": "claude-code",
+                    "title": "Claude Code",
+                    "description": "Anthropic's agentic coding tool",
+                    "websiteUrl": "https://claude.com/claude-code",
+                    "version": VERSION,
+                },
+            },
+        )
+        self.mcp_message(server, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.mcp_request(server, "tools/list", None)
+        server.ready = True
+
+    def mcp_request(self, server: McpServer, method: str, params: Frame | None) -> Frame:
+        """One JSON-RPC request; its response (a `result` or an `error`)."""
+        message: Frame = {"method": method}
+        if params is not None:
+            message["params"] = params
+        message |= {"jsonrpc": "2.0", "id": server.next_id}
+        server.next_id += 1
+        return self.mcp_message(server, message)
+
+    def mcp_message(self, server: McpServer, message: Frame) -> Frame:
+        request_id = str(uuid.uuid4())
+        request = {"subtype": "mcp_message", "server_name": server.name, "message": message}
+        self.send({"type": "control_request", "request_id": request_id, "request": request})
+        reply = self.await_reply(request_id)
+        if reply.get("subtype") == "error":
+            return {"error": {"message": str(reply.get("error", ""))}}
+        response = (reply.get("response") or {}).get("mcp_response")
+        return response if isinstance(response, dict) else {}
 
     def ask_permission(self, tool: ToolCall) -> Frame:
         turn = self.current_turn()
