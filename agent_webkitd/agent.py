@@ -25,18 +25,24 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
     CLIJSONDecodeError,
+    PermissionResult,
+    PermissionResultDeny,
     ProcessError,
+    ToolPermissionContext,
     project_key_for_directory,
 )
 from claude_agent_sdk._errors import MessageParseError
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .toolsets import Toolset
 
 STDERR_TAIL_LINES = 40
 INTERRUPT_ON_STOP_TIMEOUT_S = 2.0
@@ -60,19 +66,32 @@ class AgentExit:
 
 
 class Agent:
+    """One CLI process. It serves one session, named when it is built or, for a warm CLI
+    started before its session exists, when it is handed over (`serve`): everything the
+    SDK calls back (messages, permission prompts, the daemon's MCP tools) goes there."""
+
     def __init__(
         self,
         options: ClaudeAgentOptions,
-        on_message: Callable[[Any], Awaitable[None]],
+        toolsets: tuple[Toolset, ...],
         logger: Any,
+        session: Session | None = None,
     ) -> None:
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.marker = uuid.uuid4().hex
+        self.session = session
+        self._early: list[Any] = []  # what a warm CLI said before it had a session
         env = {**options.env, MARKER_ENV: self.marker}
         self.client = ClaudeSDKClient(
-            dataclasses.replace(options, stderr=self._stderr.append, env=env)
+            dataclasses.replace(
+                options,
+                stderr=self._stderr.append,
+                env=env,
+                can_use_tool=self._can_use_tool,
+                mcp_servers={t.name: t.server(self._served) for t in toolsets},
+                allowed_tools=[name for t in toolsets for name in t.allowed_tools()],
+            )
         )
-        self._on_message = on_message
         self._logger = logger
         loop = asyncio.get_running_loop()
         self._connected: asyncio.Future[None] = loop.create_future()
@@ -81,6 +100,25 @@ class Agent:
         self._stop = asyncio.Event()
         self._interrupt_on_stop = False
         self._task: asyncio.Task[None] | None = None
+
+    async def serve(self, session: Session) -> None:
+        """Hand a warm CLI to its session (with anything it said while it waited)."""
+        self._logger = session.logger
+        while self._early:
+            await session.on_agent_message(self._early.pop(0))
+        self.session = session
+
+    def _served(self) -> Session:
+        if self.session is None:  # the CLI has no turn before it is handed over
+            raise RuntimeError("this agent serves no session yet")
+        return self.session
+
+    async def _can_use_tool(
+        self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+    ) -> PermissionResult:
+        if self.session is None:
+            return PermissionResultDeny(message="this agent serves no session yet")
+        return await self.session.bridge.can_use_tool(tool_name, tool_input, context)
 
     async def start(self, timeout_s: float) -> float:
         """Start the process and connect; returns the seconds it took. Raises
@@ -169,7 +207,10 @@ class Agent:
         while True:
             try:
                 async for message in self.client.receive_messages():
-                    await self._on_message(message)
+                    if self.session is None:
+                        self._early.append(message)
+                    else:
+                        await self.session.on_agent_message(message)
                 return self._exit("agent_exited", "the agent process exited (code 0)", 0)
             except MessageParseError as exc:  # one odd message; the stream goes on
                 self._logger.warning("sdk_message_unparseable", error=str(exc))

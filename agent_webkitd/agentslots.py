@@ -6,7 +6,8 @@ taken, the least recently used session whose CLI sits idle hibernates to make ro
 none is idle, a wake waits in line (first come, first served) and takes the next slot
 that frees up, while a create is refused with 503 `agents_busy`. Starting a CLI is
 CPU-heavy, so at most `max_concurrent_starts` start at a time (no spawn storm when many
-sessions wake together).
+sessions wake together). Warm CLIs (warmpool.py) hold slots too, only ones nobody else
+wants, and are the first to go when room is needed.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ class AgentSlots:
             else:
                 self._queue.remove(entry)
             raise
+
+    def try_acquire(self, holder: Holder) -> bool:
+        """Take a free slot if there is one and nobody waits; never makes room."""
+        if len(self._holders) < self.limit and not self._queue:
+            self._holders[holder] = None
+            return True
+        return False
+
+    def hand_over(self, holder: Holder, to: Holder) -> None:
+        """A running CLI changes hands (a warm CLI to its session): so does its slot."""
+        del self._holders[holder]
+        self._holders[to] = None
 
     def release(self, holder: Holder) -> None:
         """The holder's CLI is gone: hand its slot to the next in line."""

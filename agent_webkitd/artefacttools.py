@@ -74,8 +74,8 @@ class ArtefactTools:
 
     name = SERVER_NAME
 
-    def server(self, session: Session) -> McpSdkServerConfig:
-        return create_sdk_mcp_server(SERVER_NAME, __version__, tools(session.artefacts))
+    def server(self, session: Callable[[], Session]) -> McpSdkServerConfig:
+        return create_sdk_mcp_server(SERVER_NAME, __version__, tools(lambda: session().artefacts))
 
     def allowed_tools(self) -> list[str]:
         return [f"mcp__{SERVER_NAME}__{name}" for name in TOOL_NAMES]
@@ -84,27 +84,31 @@ class ArtefactTools:
 TOOL_NAMES = ("create_artefact", "update_artefact", "read_artefact", "list_artefacts")
 
 
-def tools(artefacts: Artefacts) -> list[SdkMcpTool[Any]]:
-    """The four tools, working on one session's artefacts."""
+def tools(artefacts: Callable[[], Artefacts]) -> list[SdkMcpTool[Any]]:
+    """The four tools, working on the artefacts of the session the CLI serves."""
 
     async def create(args: dict[str, Any]) -> Result:
-        artefact = await artefacts.create(
+        artefact = await artefacts().create(
             args["title"], args["kind"], args["content"], args.get("language"), args.get("summary")
         )
         return _text({"artefact_id": artefact.artefact_id, "version": 1, "title": artefact.title})
 
     async def update(args: dict[str, Any]) -> Result:
-        version = await artefacts.update(args["artefact_id"], args["content"], args.get("summary"))
+        version = await artefacts().update(
+            args["artefact_id"], args["content"], args.get("summary")
+        )
         return _text({"artefact_id": args["artefact_id"], "version": version.version})
 
     async def read(args: dict[str, Any]) -> Result:
-        artefact, version, content = await artefacts.read(args["artefact_id"], args.get("version"))
+        artefact, version, content = await artefacts().read(
+            args["artefact_id"], args.get("version")
+        )
         about = {**artefact.describe(version), "latest_version": artefact.latest.version}
         # The content as it is, not inside JSON, where every quote and newline is escaped.
         return {"content": [_block(about), {"type": "text", "text": content}]}
 
     async def listed(args: dict[str, Any]) -> Result:
-        return _text({"artefacts": [_listed(a) for a in artefacts.list()]})
+        return _text({"artefacts": [_listed(a) for a in artefacts().list()]})
 
     return [
         tool(

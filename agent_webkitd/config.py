@@ -116,6 +116,7 @@ class AgentConfig:
     allowed_cwd_roots: tuple[str, ...] = ()
     include_partial_messages: bool = True
     start_timeout_s: float = 60  # a CLI not connected by then is killed (502, wake_failed)
+    warm_agents: int = 1  # CLIs kept started with these defaults for instant creates; 0 = off
     artefacts: bool = True  # the `artefacts` MCP server (limits: [artefacts])
     env: dict[str, str] = field(default_factory=dict)
 
@@ -291,6 +292,7 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.turn_idle_timeout_s", s.turn_idle_timeout_s, zero_ok=True)
     _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)
     _positive("agent.start_timeout_s", a.start_timeout_s)
+    _positive("agent.warm_agents", a.warm_agents, zero_ok=True)
     _positive("server.write_timeout_s", config.server.write_timeout_s)
     _positive("server.max_streams", config.server.max_streams)
     _positive("sessions.max_streams_per_session", s.max_streams_per_session)

@@ -203,7 +203,7 @@ async def serve(config: Config, secrets: Secrets, components: tuple[Component, .
     # Phase 3: drain: refuse new sessions; existing ones go on (until they idle out or
     # are deleted, or until their turns are over with a durable store), for at most
     # drain_timeout_s.
-    supervisor.draining = True
+    await supervisor.drain()
     drain_timeout_s = config.server.drain_timeout_s
     log.info("draining", live_sessions=len(supervisor.sessions), drain_timeout_s=drain_timeout_s)
     if not await supervisor.wait_until_drained(drain_timeout_s, abort=hurry):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,7 @@ class GenuiToolset:
     def tools(self) -> list[SdkMcpTool[Any]]:
         return [_render_tool(c) for c in self.components]
 
-    def server(self, session: Session) -> McpSdkServerConfig:
+    def server(self, session: Callable[[], Session]) -> McpSdkServerConfig:
         return create_sdk_mcp_server(SERVER_NAME, tools=self.tools())
 
     def allowed_tools(self) -> list[str]:

@@ -73,6 +73,16 @@ class Metrics:
             "Claude Code CLI processes (starting, serving or stopping).",
             registry=r,
         )
+        self.agents_warm = Gauge(
+            "agent_webkit_agents_warm",
+            "CLI processes started ahead of time ([agent] warm_agents), ready for a new session.",
+            registry=r,
+        )
+        self.creates = Counter(
+            "agent_webkit_creates_total",
+            "Sessions created, by how their CLI started: taken warm, or started cold.",
+            registry=r,
+        )
         self.sessions_hibernated = Gauge(
             "agent_webkit_sessions_hibernated",
             "Sessions without a CLI process, woken by their next message.",

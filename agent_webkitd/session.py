@@ -81,6 +81,34 @@ class SessionSpec:
     artefact_limits: ArtefactsConfig = field(default_factory=ArtefactsConfig)
     max_line_bytes: int | None = None  # the SDK's max_buffer_size (None: its default)
 
+    def cli_options(
+        self,
+        store: Store,
+        *,
+        model: str | None,
+        permission_mode: str,
+        resume: str | None = None,
+        fork: bool = False,
+    ) -> ClaudeAgentOptions:
+        """How a CLI for this spec starts (the Agent adds its callbacks and the toolsets)."""
+        agent = self.agent
+        transcripts = store.sdk_session_store()
+        return ClaudeAgentOptions(
+            # With a durable store the CLI mirrors its transcript there, so any host can
+            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
+            session_store=transcripts,
+            session_store_flush="eager" if transcripts else "batched",
+            resume=resume,
+            fork_session=fork,
+            cli_path=agent.cli_path or None,
+            model=model or None,
+            permission_mode=permission_mode,  # type: ignore[arg-type]
+            cwd=self.cwd or None,
+            include_partial_messages=self.include_partial_messages,
+            env=dict(agent.env),
+            max_buffer_size=self.max_line_bytes,
+        )
+
 
 class WakeFailed(Exception):
     """The conversation cannot be restored (the CLI fails, or its transcript is gone)."""
@@ -152,15 +180,20 @@ class Session:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Create: start the CLI and connect (raises AgentStartFailed, or 503 agents_busy).
-        A session taken over from another host starts hibernated instead."""
+    async def start(self, warm: Agent | None = None) -> bool:
+        """Create: take over a warm CLI (its agent slot already handed to this session),
+        or start one and connect (raises AgentStartFailed, or 503 agents_busy); True if
+        the warm CLI serves it. A session taken over from another host starts hibernated
+        instead."""
         if self.claimed:
             self._settle_claimed(self.claimed)
-            return
-        await self._slots.acquire(self, wait=False)
+            return False
+        if warm is None:
+            await self._slots.acquire(self, wait=False)
         try:
-            agent = await self._launch(resume=self.spec.resume)
+            agent = await self._adopt(warm) if warm else None
+            if agent is None:
+                agent = await self._launch(resume=self.spec.resume)
         except (AgentStartFailed, WakeFailed):
             self._slots.release(self)
             self.log.close()
@@ -170,6 +203,17 @@ class Session:
         )
         self._agent = agent  # close() finds it before the lifecycle task runs
         self._lifecycle = asyncio.create_task(self._live(agent), name=f"session-{self.id}")
+        return agent is warm
+
+    async def _adopt(self, agent: Agent) -> Agent | None:
+        """A warm CLI, given this session's model and permission mode; None (the CLI
+        stopped, its slot kept for a cold start) if it will not take them."""
+        await agent.serve(self)
+        if not agent.stopping and await self._apply_settings(agent):
+            return agent
+        agent.stop()
+        await agent.closed()
+        return None
 
     def _settle_claimed(self, claimed: ClaimedSession) -> None:
         """The host that died may have left a turn running and decisions open: their CLI
@@ -310,11 +354,14 @@ class Session:
         WakeFailed when the transcript to resume is gone: never a silent fresh start."""
         if resume is not None and not await self._transcript_exists(resume):
             raise WakeFailed(f"the transcript of conversation {resume} is gone")
-        agent = Agent(
-            self._options(resume, fork=resume is not None and self._fork_pending),
-            self._on_message,
-            self.logger,
+        options = self.spec.cli_options(
+            self.store,
+            model=self.model,
+            permission_mode=self.permission_mode,
+            resume=resume,
+            fork=resume is not None and self._fork_pending,
         )
+        agent = Agent(options, self.spec.toolsets, self.logger, session=self)
         async with self._slots.starting():
             self._starting = agent  # from here close() stops the agent instead of cancelling
             try:
@@ -332,28 +379,6 @@ class Session:
             return True
         config_dir = cli_config_dir(self.spec.agent.env)
         return await asyncio.to_thread(cli_transcript_exists, config_dir, cwd, claude_session_id)
-
-    def _options(self, resume: str | None, *, fork: bool) -> ClaudeAgentOptions:
-        agent = self.spec.agent
-        transcripts = self.store.sdk_session_store()
-        return ClaudeAgentOptions(
-            # With a durable store the CLI mirrors its transcript there, so any host can
-            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
-            session_store=transcripts,
-            session_store_flush="eager" if transcripts else "batched",
-            resume=resume,
-            fork_session=fork,
-            cli_path=agent.cli_path or None,
-            model=self.model or None,
-            permission_mode=self.permission_mode,  # type: ignore[arg-type]
-            cwd=self.spec.cwd or None,
-            include_partial_messages=self.spec.include_partial_messages,
-            env=dict(agent.env),
-            can_use_tool=self.bridge.can_use_tool,
-            mcp_servers={t.name: t.server(self) for t in self.spec.toolsets},
-            allowed_tools=[name for t in self.spec.toolsets for name in t.allowed_tools()],
-            max_buffer_size=self.spec.max_line_bytes,
-        )
 
     async def _serve(self, agent: Agent) -> None:
         """Run turns on this CLI until it stops (hibernation, close) or exits."""
@@ -385,8 +410,10 @@ class Session:
         if not self._closing:
             self._hibernated()
 
-    async def _apply_settings(self, agent: Agent) -> None:
-        """A mode or model set while the CLI was starting: give it to the CLI now."""
+    async def _apply_settings(self, agent: Agent) -> bool:
+        """The model and mode this session has now, if the CLI started with others (set
+        while it was starting, or a warm CLI): give them to the CLI. False if it refused
+        (it keeps what it started with; logged)."""
         options = agent.client.options
         model, mode = options.model, str(options.permission_mode)
         while (self.model, self.permission_mode) != (model, mode):
@@ -399,7 +426,8 @@ class Session:
                     await agent.client.set_permission_mode(mode)  # type: ignore[arg-type]
             except Exception as exc:  # the CLI keeps what it started with; say so
                 self.logger.warning("settings_not_applied", error=str(exc))
-                return
+                return False
+        return True
 
     def _agent_exited(self, exit_: AgentExit, mid_turn: bool) -> None:
         self.metrics.agent_exits.inc({})
@@ -556,7 +584,7 @@ class Session:
 
     # -- turns ------------------------------------------------------------------------
 
-    async def _on_message(self, message: Any) -> None:
+    async def on_agent_message(self, message: Any) -> None:
         """One SDK message from the CLI."""
         self._last_output = time.monotonic()
         self._stalled_since = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from . import wire
-from .agent import AgentStartFailed
+from .agent import Agent, AgentStartFailed
 from .agentslots import AgentSlots
 from .artefacts import cli_line_bytes
 from .config import Config
@@ -26,6 +26,7 @@ from .principals import DEFAULT_ADMIN, Principal, may_see
 from .session import Session, SessionSpec, WakeFailed
 from .store import ClaimedSession, SessionOwnedElsewhere, Store
 from .toolsets import Toolset
+from .warmpool import WarmPool
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,17 @@ class Supervisor:
         # Claims in flight, by id and the owner they are limited to (None: an admin's).
         self._claims: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
         store.on_session_lost = self._lost
+        # What a create gets with no choices of its own: what warm CLIs are started with.
+        self._default_spec = self._spec(
+            DEFAULT_ADMIN.name, None, config.agent.permission_mode, self._resolve_cwd(None), None
+        )
+        self.warm = WarmPool(
+            config.agent.warm_agents,
+            self.slots,
+            self._warm_agent,
+            config.agent.start_timeout_s,
+            metrics,
+        )
 
     async def start(self) -> None:
         """Take up the sessions the store kept (each hibernated), then start the tickers."""
@@ -65,10 +77,16 @@ class Supervisor:
             await self._start(self._session(claimed))
         if self.sessions:
             log.info("sessions_restored", sessions=len(self.sessions))
+        self.warm.start()
         self._tasks = [
             asyncio.create_task(self._keepalive_ticker(), name="keepalive-ticker"),
             asyncio.create_task(self._idle_sweep(), name="idle-sweep"),
         ]
+
+    async def drain(self) -> None:
+        """Refuse new sessions from now on; the warm CLIs, of no more use, stop."""
+        self.draining = True
+        await self.warm.stop()
 
     async def stop(self) -> None:
         """Close every session left (each CLI process ends). With a durable store each is
@@ -77,6 +95,7 @@ class Supervisor:
         stream ends with `done`."""
         for task in self._tasks:
             task.cancel()
+        await self.warm.stop()
         release = self.store.durable
         await asyncio.gather(
             *(self.close(s, "drain", release=release) for s in list(self.sessions.values())),
@@ -199,6 +218,7 @@ class Supervisor:
             request.fork,
         )
         session = Session(spec, self.store, self.metrics, self.slots, self._forget)
+        warm_ok = resume is None and self._warm_fits(spec)
         self._starting += 1
         try:
             try:
@@ -208,9 +228,10 @@ class Supervisor:
                 raise unavailable(
                     "store_unavailable", "the session store cannot be reached; retry later", 5
                 ) from exc
-            await self._start(session)
+            warm = await self._start(session, self.warm.take(session) if warm_ok else None)
         finally:
             self._starting -= 1
+        self.metrics.creates.inc({"start": "warm" if warm else "cold"})
         self.metrics.sessions_created.inc({"principal": self.metrics.principal_label(owner.name)})
         session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
         return session
@@ -252,10 +273,27 @@ class Supervisor:
             await self.close(holder, "resumed")
         return holder.claude_session_id, holder.spec.cwd
 
-    async def _start(self, session: Session) -> None:
-        """Start a new session's CLI (a claimed one starts hibernated) and register it."""
+    def _warm_fits(self, spec: SessionSpec) -> bool:
+        """Whether a warm CLI can serve this spec: the model and permission mode can be
+        changed after the start; the cwd and partial messages cannot."""
+        default = self._default_spec
+        return (spec.cwd, spec.include_partial_messages) == (
+            default.cwd,
+            default.include_partial_messages,
+        )
+
+    def _warm_agent(self) -> Agent:
+        spec = self._default_spec
+        options = spec.cli_options(
+            self.store, model=spec.model, permission_mode=spec.permission_mode
+        )
+        return Agent(options, spec.toolsets, log.bind(warm=True))
+
+    async def _start(self, session: Session, warm: Agent | None = None) -> bool:
+        """Start a new session's CLI, or take over `warm` (a claimed one starts
+        hibernated), and register it; True if the warm CLI serves it."""
         try:
-            await session.start()
+            served_warm = await session.start(warm)
         except ApiError as exc:  # no CLI can be had now (agents_busy)
             self.metrics.capacity_rejections.inc({"reason": exc.code})
             await self.store.session_closed(session.id, "error")
@@ -273,6 +311,7 @@ class Supervisor:
             ) from exc
         self.sessions[session.id] = session
         self._by_owner.setdefault(session.owner, {})[session.id] = session
+        return served_warm
 
     def _unregister(self, session: Session) -> None:
         """Gone from the registry at once: the id answers 404 from now on."""
@@ -435,6 +474,7 @@ class Supervisor:
             "live_agents": self.slots.live,
             "max_live_agents": self.slots.limit,
             "waiting_for_agent": self.slots.waiting,
+            "warm_agents": self.warm.ready,
         }
 
     def refresh_gauges(self) -> None:
@@ -443,6 +483,7 @@ class Supervisor:
         counts = self.counts()
         self.metrics.sessions_live.set({}, counts["live_sessions"])
         self.metrics.agents_live.set({}, counts["live_agents"])
+        self.metrics.agents_warm.set({}, counts["warm_agents"])
         self.metrics.sessions_hibernated.set({}, counts["hibernated_sessions"])
         self.metrics.max_sessions.set({}, self.config.sessions.max_sessions)
         self.metrics.max_live_agents.set({}, counts["max_live_agents"])
