@@ -76,6 +76,9 @@ class Daemon:
                 "cli_path": str(SCRIPTED_CLI),
                 "cwd": str(default_cwd),
                 "allowed_cwd_roots": [str(self.sessions_root)],
+                # Tests count their sessions' CLI processes, so no warm ones unless a test
+                # asks (test_warm.py; the HTTP, streaming and conversation tests run with one).
+                "warm_agents": 0,
                 # The CLI's own transcripts (a wake resumes from them) stay in the test's folder.
                 "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl", "CLAUDE_CONFIG_DIR": str(workdir / "claude-config")},
             },
@@ -196,6 +199,13 @@ async def pg_dsn() -> AsyncIterator[str]:
 @pytest.fixture
 async def daemon(start_daemon: Callable[..., Any]) -> Daemon:
     d: Daemon = await start_daemon()
+    return d
+
+
+@pytest.fixture
+async def warm_daemon(start_daemon: Callable[..., Any]) -> Daemon:
+    """A daemon with one warm CLI, as in production: creates without a cwd of their own take it."""
+    d: Daemon = await start_daemon({"agent": {"warm_agents": 1}})
     return d
 
 

@@ -6,8 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.conftest import Daemon
 from tests.wire_client import Api, Event, Stream
+
+
+@pytest.fixture
+def daemon(warm_daemon: Daemon) -> Daemon:
+    """These tests run against a daemon with a warm CLI, as in production."""
+    return warm_daemon
+
 
 WRITE = {"tool_use": {"name": "Write", "input": {"file_path": "out.txt", "content": "hello\n"}}, "permission": True}
 QUESTION = {"questions": [{"question": "Which color?", "header": "Color", "multiSelect": False,

@@ -13,6 +13,12 @@ from tests.conftest import TOKEN, Daemon, api_for
 from tests.wire_client import Api, StreamRefused
 
 
+@pytest.fixture
+def daemon(warm_daemon: Daemon) -> Daemon:
+    """These tests run against a daemon with a warm CLI, as in production."""
+    return warm_daemon
+
+
 def error_code(payload: Any) -> str:
     assert isinstance(payload, dict) and set(payload) == {"error"}, payload
     assert isinstance(payload["error"]["message"], str) and payload["error"]["message"]

@@ -13,6 +13,12 @@ from tests.conftest import TOKEN, Daemon, api_for
 from tests.wire_client import Api, StreamRefused
 
 
+@pytest.fixture
+def daemon(warm_daemon: Daemon) -> Daemon:
+    """These tests run against a daemon with a warm CLI, as in production."""
+    return warm_daemon
+
+
 async def finished_turn(api: Api, daemon: Daemon, scenario: dict[str, Any] | None = None, text: str = "hi") -> str:
     """A session with one completed turn; returns its id."""
     session_id = await api.create(cwd=str(daemon.session_dir(scenario)))

@@ -1,0 +1,252 @@
+"""Warm CLIs (`[agent] warm_agents`): CLIs started ahead of time with the operator's
+defaults, handed to a new session at once; counted against max_live_agents, the first to
+go when room is needed, replaced when they die, never handed out dead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Daemon, api_for
+from tests.standin.fixtures import fake_model_url
+from tests.test_artefacts import create as create_artefact
+from tests.standin.fixtures import offline_cli_env
+from tests.test_daemon_real_cli import events_until, named
+from tests.test_operations import sample
+from tests.wire_client import Api
+
+__all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
+
+WRITE = {"tool_use": {"name": "Write", "input": {"file_path": "out.txt", "content": "hi\n"}}, "permission": True}
+
+
+async def start_warm(start_daemon: Any, tmp_path: Path, scenario: dict[str, Any] | None = None,
+                     warm: int = 1, **overrides: dict[str, Any]) -> Daemon:
+    """A daemon with `warm` warm CLIs; `scenario` is what CLIs in the default cwd play."""
+    if scenario is not None:  # the first daemon a test starts works in daemon0/
+        default_cwd = tmp_path / "daemon0" / "default-cwd"
+        default_cwd.mkdir(parents=True)
+        (default_cwd / "scenario.json").write_text(json.dumps(scenario))
+    agent = {"warm_agents": warm, **overrides.pop("agent", {})}
+    daemon: Daemon = await start_daemon({"agent": agent, **overrides})
+    assert daemon.workdir == tmp_path / "daemon0"
+    return daemon
+
+
+async def health(api: Api) -> dict[str, Any]:
+    status, body, _ = await api.request("GET", "/healthz")
+    assert status == 200
+    return dict(body)
+
+
+async def until_warm(api: Api, count: int, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (body := await health(api))["warm_agents"] != count:
+        assert time.monotonic() < deadline, f"warm_agents stays {body['warm_agents']}, not {count}"
+        await asyncio.sleep(0.05)
+    return body
+
+
+async def creates(api: Api, start: str) -> float:
+    _, text, _ = await api.request("GET", "/metrics")
+    return sample(text, "agent_webkit_creates_total", f'start="{start}"')
+
+
+def cli_starts(daemon: Daemon) -> list[dict[str, Any]]:
+    """The argv record of every CLI started in the default cwd."""
+    log = daemon.workdir / "default-cwd" / "cli-log.jsonl"
+    if not log.exists():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["dir"] == "argv"]
+
+
+def controls_received(daemon: Daemon, pid: int) -> list[dict[str, Any]]:
+    log = daemon.workdir / "default-cwd" / "cli-log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    frames = [json.loads(r["line"]) for r in records if r["dir"] == "in" and r["pid"] == pid]
+    return [f["request"] for f in frames if f.get("type") == "control_request"]
+
+
+async def test_a_create_takes_the_warm_cli_and_a_new_one_starts(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, {"turns": [], "then": "echo"})
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        [warm] = cli_starts(daemon)
+        session_id = await api.create()
+        assert await creates(api, "warm") == 1 and await creates(api, "cold") == 0
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "hello")
+        events = await events_until(stream, "result")
+        assert "echo: hello" in json.dumps([e.data for e in named(events, "message_complete")])
+        # The session runs on the CLI started before it was asked for...
+        assert warm["pid"] in daemon.orphans()
+        # ...and another is started for the next create.
+        body = await until_warm(api, 1)
+        assert body["live_agents"] == 2 and len(daemon.orphans()) == 2
+        assert len(cli_starts(daemon)) == 2
+        stream.close()
+
+
+async def test_another_model_and_mode_take_the_warm_cli_and_are_applied_after_connect(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, {"turns": [{"steps": [WRITE]}], "then": "echo"},
+                              agent={"allowed_permission_modes": ["default", "plan", "acceptEdits"]})
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        [warm] = cli_starts(daemon)
+        session_id = await api.create(model="claude-other-test", permission_mode="acceptEdits")
+        assert await creates(api, "warm") == 1
+        asked = [(c["subtype"], c.get("model") or c.get("mode")) for c in controls_received(daemon, warm["pid"])]
+        assert ("set_model", "claude-other-test") in asked and ("set_permission_mode", "acceptEdits") in asked
+        status, described, _ = await api.request("GET", f"/sessions/{session_id}")
+        assert (described["model"], described["permission_mode"]) == ("claude-other-test", "acceptEdits")
+        # The CLI really is in acceptEdits: the Write runs without a permission prompt.
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "write it")
+        events = await events_until(stream, "result")
+        assert named(events, "permission_request") == []
+        stream.close()
+
+
+async def test_a_warm_cli_asks_its_session_for_permission_and_runs_its_artefact_tools(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    """The SDK's callbacks are bound when the CLI is handed over: the permission prompt and
+    the in-process MCP server reach the session the warm CLI serves."""
+    scenario = {"turns": [{"steps": [WRITE]}, {"steps": [create_artefact("Notes", "# warm")]}]}
+    daemon = await start_warm(start_daemon, tmp_path, scenario)
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        session_id = await api.create()
+        assert await creates(api, "warm") == 1
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "write it")
+        request = await stream.until("permission_request")
+        status, _ = await api.send(session_id, {"type": "permission_response",
+                                                "correlation_id": request.data["correlation_id"],
+                                                "behavior": "allow"})
+        assert status == 204
+        events = await events_until(stream, "result")
+        [resolved] = named(events, "permission_resolved")
+        assert resolved.data["behavior"] == "allow"
+        await api.say(session_id, "make it")
+        [created] = named(await events_until(stream, "result"), "artefact_created")
+        assert created.data["session_id"] == session_id and created.data["content"] == "# warm"
+        status, listed, _ = await api.request("GET", f"/sessions/{session_id}/artefacts")
+        assert [a["title"] for a in listed["artefacts"]] == ["Notes"]
+        stream.close()
+
+
+async def test_another_cwd_or_partial_messages_setting_starts_cold(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path)
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        await api.create(cwd=str(daemon.session_dir()))
+        await api.create(include_partial_messages=False)
+        assert (await creates(api, "warm"), await creates(api, "cold")) == (0, 2)
+        body = await health(api)
+        assert body["warm_agents"] == 1 and body["live_agents"] == 3  # the warm one waits on
+        assert len(cli_starts(daemon)) == 2  # the warm one, and the session without partials
+
+
+async def test_a_burst_larger_than_the_pool_degrades_to_cold_starts(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, warm=2)
+    async with api_for(daemon) as api:
+        await until_warm(api, 2)
+        made = await asyncio.gather(*(api.create() for _ in range(6)))
+        assert len(set(made)) == 6
+        warm, cold = await creates(api, "warm"), await creates(api, "cold")
+        assert warm >= 2 and warm + cold == 6
+        await until_warm(api, 2)
+        for session_id in made:
+            assert await api.delete(session_id) == 204
+
+
+async def test_warm_clis_count_against_max_live_agents_and_go_first(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, sessions={"max_live_agents": 2, "hibernate_after_s": 0})
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        first = await api.create()  # takes the warm CLI; a new one starts in the free slot
+        body = await until_warm(api, 1)
+        assert body["live_agents"] == 2
+        # A session needing a CLI gets the warm one's slot: it is stopped, not handed out.
+        second = await api.create(cwd=str(daemon.session_dir()))
+        body = await health(api)
+        assert (body["live_agents"], body["warm_agents"]) == (2, 0)
+        assert await creates(api, "cold") == 1
+        await asyncio.sleep(1.5)  # the pool finds no free slot and does not take one
+        assert (await health(api))["live_agents"] == 2 and len(daemon.orphans()) == 2
+        # A slot frees up: the pool fills it.
+        assert await api.delete(second) == 204
+        body = await until_warm(api, 1)
+        assert body["live_agents"] == 2
+        assert await api.delete(first) == 204
+
+
+async def test_a_warm_cli_that_dies_is_replaced_and_never_handed_out(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, {"turns": [], "then": "echo"})
+    async with api_for(daemon) as api:
+        await until_warm(api, 1)
+        [dead] = daemon.orphans()
+        os.kill(dead, signal.SIGKILL)
+        await until_warm(api, 0, timeout=5)
+        await until_warm(api, 1, timeout=10)  # after a pause of 1 s (the first failure)
+        [alive] = daemon.orphans()
+        assert alive != dead
+        _, text, _ = await api.request("GET", "/metrics")
+        assert sample(text, "agent_webkit_agent_exits_total") == 1
+        session_id = await api.create()
+        assert await creates(api, "warm") == 1
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "still there?")
+        events = await events_until(stream, "result")
+        assert named(events, "error") == [] and "echo: still there?" in json.dumps([e.data for e in events])
+        stream.close()
+    assert "warm_agent_exited" in daemon.logs()
+
+
+async def test_a_warm_cli_that_cannot_start_is_retried_with_a_growing_pause(start_daemon: Any, tmp_path: Path) -> None:
+    crash = {"turns": [], "on_start": {"crash": {"exit_code": 9, "stderr": "no licence"}}}
+    daemon = await start_warm(start_daemon, tmp_path, crash)
+    async with api_for(daemon) as api:
+        await asyncio.sleep(4.5)
+        # Starts at about 0, 1, 3 s (pauses of 1, 2, then 4 s): not a tight loop.
+        assert 2 <= len(cli_starts(daemon)) <= 4
+        assert (await health(api))["warm_agents"] == 0
+        failures = [json.loads(line) for line in daemon.logs().splitlines()
+                    if '"warm_agent_start_failed"' in line]
+        assert [f["retry_in_s"] for f in failures][:3] == [1.0, 2.0, 4.0][: len(failures)]
+        assert "no licence" in failures[0]["error"] or "exit" in failures[0]["error"]
+        # Creates elsewhere are not held up by the failing pool.
+        session_id = await api.create(cwd=str(daemon.session_dir()))
+        assert await creates(api, "cold") == 1 and await api.delete(session_id) == 204
+
+
+async def test_the_real_cli_started_warm_serves_a_session_and_its_artefact_tools(
+    start_daemon: Any, fake_model_url: str, tmp_path: Path
+) -> None:
+    """The bundled CLI connects to the daemon's MCP servers when it starts, before any
+    session exists; its tool calls must reach the session it is handed to."""
+    config_dir = tmp_path / "claude-config"
+    config_dir.mkdir()
+    env = offline_cli_env(fake_model_url, config_dir)
+    assert env["ANTHROPIC_BASE_URL"] == fake_model_url  # never let the real CLI go online
+    daemon = await start_daemon({"agent": {"cli_path": "", "env": env, "warm_agents": 1}})
+    async with api_for(daemon) as api:
+        await until_warm(api, 1, timeout=60)
+        session_id = await api.create()
+        assert await creates(api, "warm") == 1
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "make artefact Warm notes")
+        events = await events_until(stream, "result")
+        [created] = named(events, "artefact_created")
+        assert created.data["session_id"] == session_id and created.data["title"] == "Warm notes"
+        assert named(events, "permission_request") == []
+        stream.close()
