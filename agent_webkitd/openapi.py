@@ -290,6 +290,10 @@ SCHEMAS: dict[str, Schema] = {
             "live_agents": {"type": "integer", "description": "CLI processes now"},
             "max_live_agents": {"type": "integer"},
             "waiting_for_agent": {"type": "integer"},
+            "warm_agents": {
+                "type": "integer",
+                "description": "warm CLIs ready for a new session ([agent] warm_agents)",
+            },
         }
     ),
     "SessionList": {
