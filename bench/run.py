@@ -91,6 +91,16 @@ def events_scenario(k: int, text: str, burst: int = 0) -> dict[str, Any]:
 SHORT_TURN = {"turns": [{"steps": [{"text": "done, nothing else to do"}]}], "then": "repeat_last"}
 
 
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """One series of a Prometheus text page (0 if absent)."""
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if not line.startswith("#") and metric == name and labels in label_text:
+            return float(value)
+    return 0.0
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -294,41 +304,69 @@ class Bench:
 
     # --- create ---------------------------------------------------------------------
 
+    async def timed_create(self, server: Server, scenario: dict[str, Any] | None, lat: list[float],
+                           sids: list[str], failures: list[str]) -> None:
+        t = time.monotonic()
+        try:
+            sids.append(await server.create(scenario))
+            lat.append((time.monotonic() - t) * 1000)
+        except Exception as exc:
+            failures.append(str(exc)[:300])
+
     async def phase_create(self) -> dict[str, Any]:
         a = self.args
-        log(f"\n== create: {a.creates} sequential POST /sessions per server, alternating in blocks of 5")
-        ours = await self.start(Ours(self.tmp, "ours-create"))
+        log(f"\n== create: {a.creates} sequential POST /sessions per server, in the default cwd (ours with"
+            f" warm_agents = {a.warm_agents}: each create once the pool has refilled), alternating in blocks of 5;"
+            f" ours cold (a cwd of its own) for reference; then {a.create_bursts} bursts of {a.create_burst} at once")
+        ours = await self.start(Ours(self.tmp, "ours-create", agent={"warm_agents": a.warm_agents}))
         peer = await self.start(Peer(self.tmp, "peer-create"))
-        out: dict[str, Any] = self.results.setdefault("create", {})
-        lat: dict[str, list[float]] = {"ours": [], "peer": []}
+        scenario = events_scenario(5, "x")
+        for cwd in (ours.default_cwd, peer.tmp):  # where sessions without a cwd of their own work
+            (cwd / "scenario.json").write_text(json.dumps(scenario))
+        out: dict[str, Any] = self.results.setdefault("create", {"warm_agents": a.warm_agents})
+        series = ("ours", "ours_cold", "peer", "ours_burst", "peer_burst")
+        lat: dict[str, list[float]] = {k: [] for k in series}
         sids: dict[str, list[str]] = {"ours": [], "peer": []}
-        failures: dict[str, list[str]] = {"ours": [], "peer": []}
+        failures: dict[str, list[str]] = {k: [] for k in series}
+        refill_s: list[float] = []
         try:
             done = 0
             while done < a.creates:
                 block = min(5, a.creates - done)
-                for server in (ours, peer):
-                    for _ in range(block):
-                        t = time.monotonic()
-                        try:
-                            sids[server.name].append(await server.create(events_scenario(5, "x")))
-                            lat[server.name].append((time.monotonic() - t) * 1000)
-                        except Exception as exc:
-                            failures[server.name].append(str(exc)[:300])
+                for _ in range(block):
+                    refill_s.append(await ours.until_warm(a.warm_agents))
+                    await self.timed_create(ours, None, lat["ours"], sids["ours"], failures["ours"])
+                for _ in range(block):
+                    await self.timed_create(ours, scenario, lat["ours_cold"], sids["ours"], failures["ours_cold"])
+                for _ in range(block):
+                    await self.timed_create(peer, None, lat["peer"], sids["peer"], failures["peer"])
                 done += block
+            for _ in range(a.create_bursts):
+                for server in (ours, peer):
+                    if server is ours:
+                        await ours.until_warm(a.warm_agents)
+                    name = f"{server.name}_burst"
+                    await asyncio.gather(*(self.timed_create(server, None, lat[name], sids[server.name], failures[name])
+                                           for _ in range(a.create_burst)))
             for server in (ours, peer):
                 t = time.monotonic()
                 codes = await gather_limited(10, sids[server.name], server.delete)
                 out[f"{server.name}_delete_s"] = time.monotonic() - t
                 out[f"{server.name}_delete_codes"] = sorted({str(c) for c in codes})
-                xs = lat[server.name]
-                out[f"{server.name}_p50_ms"] = percentile(xs, 50)
-                out[f"{server.name}_p99_ms"] = percentile(xs, 99)
-                out[f"{server.name}_failures"] = failures[server.name]
-                out[f"{server.name}_ms"] = xs
-                log(f"  {server.name:<4}: p50 {fmt_ms(percentile(xs, 50))} ms, p99 {fmt_ms(percentile(xs, 99))} ms,"
-                    f" max {fmt_ms(max(xs) if xs else None)} ms, failed {len(failures[server.name])};"
-                    f" {len(xs)} deletes in {out[f'{server.name}_delete_s']:.2f} s")
+            _, metrics_text = await ours.call("GET", "/metrics")
+            out["ours_creates"] = {start: metric_value(str(metrics_text), "agent_webkit_creates_total", f'start="{start}"')
+                                   for start in ("warm", "cold")}
+            out["refill_wait_ms_p50"] = percentile([x * 1000 for x in refill_s], 50)
+            for name in series:
+                xs = lat[name]
+                out[f"{name}_p50_ms"] = percentile(xs, 50)
+                out[f"{name}_p99_ms"] = percentile(xs, 99)
+                out[f"{name}_failures"] = failures[name]
+                out[f"{name}_ms"] = xs
+                log(f"  {name:<10}: p50 {fmt_ms(percentile(xs, 50))} ms, p99 {fmt_ms(percentile(xs, 99))} ms,"
+                    f" max {fmt_ms(max(xs) if xs else None)} ms, {len(xs)} ok, failed {len(failures[name])}")
+            log(f"  ours: creates served warm {out['ours_creates']['warm']:.0f}, cold {out['ours_creates']['cold']:.0f};"
+                f" waited p50 {fmt_ms(out['refill_wait_ms_p50'])} ms for the pool to refill before a sequential create")
         finally:
             out["stops"] = {s.label: await self.stop(s) for s in (ours, peer)}
         return out
@@ -807,7 +845,19 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     if cr:
         for q in ("p50", "p99"):
             o, p = cr.get(f"ours_{q}_ms"), cr.get(f"peer_{q}_ms")
-            rows.append((f"create session {q} (ms, {args.creates} creates)", fmt_ms(o), fmt_ms(p), ratio(o, p, False)))
+            rows.append((f"create session {q} (ms, {args.creates} sequential, warm CLI)", fmt_ms(o), fmt_ms(p),
+                         ratio(o, p, False)))
+        for q in ("p50", "p99"):
+            o, p = cr.get(f"ours_cold_{q}_ms"), cr.get(f"peer_{q}_ms")
+            rows.append((f"create session {q} (ms, ours cold: a cwd of its own)", fmt_ms(o), fmt_ms(p),
+                         ratio(o, p, False)))
+        for q in ("p50", "p99"):
+            o, p = cr.get(f"ours_burst_{q}_ms"), cr.get(f"peer_burst_{q}_ms")
+            rows.append((f"create session {q} (ms, bursts of {args.create_burst})", fmt_ms(o), fmt_ms(p),
+                         ratio(o, p, False)))
+        rows.append(("create failures (sequential + bursts)",
+                     str(sum(len(cr.get(f"{k}_failures", [])) for k in ("ours", "ours_cold", "ours_burst"))),
+                     str(sum(len(cr.get(f"{k}_failures", [])) for k in ("peer", "peer_burst"))), ""))
     mem = results.get("memory")
     if mem and "ours" in mem and "peer" in mem:
         o, p = mem["ours"], mem["peer"]
@@ -957,6 +1007,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-sessions", type=int, help="sessions in the scale phase (default 1000, quick 30)")
     p.add_argument("--hibernate-sessions", type=int, help="sessions in the hibernate phase (default 10000, quick 300)")
     p.add_argument("--workers", type=int, default=2, help="subscriber worker processes")
+    p.add_argument("--warm-agents", type=int, default=1, help="ours' [agent] warm_agents in the create phase")
     p.add_argument("--pause-rcvbuf", type=int, default=0, help="SO_RCVBUF of the slow subscriber (0: the default)")
     p.add_argument("--pause-text", type=int, default=4000, help="characters of text per event in the slow-subscriber turn")
     args = p.parse_args(argv)
@@ -972,6 +1023,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.replay_events = 1500
     args.replay_tries = 3 if q else 5
     args.creates = 10 if q else 30
+    args.create_burst = 4 if q else 8
+    args.create_bursts = 1 if q else 3
     args.idle_sessions = 10 if q else 100
     args.idle_events = 50
     args.ring_sessions = 3 if q else 20

@@ -224,9 +224,11 @@ class Server:
     async def call(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
         return await httpc.request(self.host, self.port, method, path, body, timeout=timeout)
 
-    async def create(self, scenario: dict[str, Any], timeout: float = 60.0) -> str:
-        cwd = self.session_dir(scenario)
-        status, body = await self.call("POST", "/sessions", {"cwd": str(cwd)}, timeout)
+    async def create(self, scenario: dict[str, Any] | None, timeout: float = 60.0) -> str:
+        """A session working in a new folder holding `scenario`; with None, in the server's
+        default cwd (where a warm CLI can serve it)."""
+        body = {} if scenario is None else {"cwd": str(self.session_dir(scenario))}
+        status, body = await self.call("POST", "/sessions", body, timeout)
         if status != 200:
             raise RuntimeError(f"{self.label}: create -> {status} {str(body)[:300]}")
         sid: str = body["session_id"]
@@ -295,6 +297,17 @@ class Ours(Server):
     async def healthy(self) -> bool:
         status, _ = await self.call("GET", "/healthz", timeout=2)
         return status == 200
+
+    async def until_warm(self, count: int, timeout: float = 30.0) -> float:
+        """Wait until `count` warm CLIs are ready; returns the seconds waited."""
+        started = time.monotonic()
+        while True:
+            status, body = await self.call("GET", "/healthz", timeout=2)
+            if status == 200 and body.get("warm_agents", 0) >= count:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{self.label}: {count} warm CLI(s) not ready within {timeout:g} s")
+            await asyncio.sleep(0.01)
 
     def signal_stop(self) -> None:
         # The first SIGTERM starts the drain, a second one ends it (README "Drain").
