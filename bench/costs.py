@@ -434,5 +434,6 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     with contextlib.suppress(KeyError, IndexError):
         for p in cost.get("profiles", []):
             areas = ", ".join(f"{a['function']} {a['pct']:.0f}%" for a in p["by_area"][:4])
-            out.append((f"  profile {p['store']} N={p['n']}: self time by area (top 4)", areas, "", ""))
+            who = "the SDK alone" if p["store"].startswith("none") else f"daemon, {p['store']}"
+            out.append((f"  profile, {who}, N={p['n']}: self time by area (top 4)", areas, "", ""))
     return out
