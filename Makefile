@@ -38,7 +38,8 @@ demo: install
 
 # agent-webkitd against agent-webkit-server 0.2.0 (installed into bench/.peer-venv on first
 # use), side by side on loopback; `make bench ARGS=--quick` for a smoke run, ARGS=--no-scale
-# to skip the 1000-session phase. Raw results go to bench/results/.
+# to skip the 1000-session phase; ARGS="--only cost --cost-profile" for the daemon's CPU per
+# event against the SDK alone, and where it goes (py-spy). Raw results go to bench/results/.
 bench: install
 	$(BIN)/python -m bench.run $(ARGS)
 

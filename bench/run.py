@@ -30,6 +30,9 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
            on 1,000 random ones (bench/hibernation.py); the same with Postgres at 2,000
   wake     ours only, the real bundled CLI + stand-in model: wake latency against a live
            session plus a cold CLI start, and the CLI memory hibernation frees
+  cost     ours only: the daemon's own CPU per delivered event at 1 and 200 sessions streaming
+           together, next to the SDK alone's CPU per frame in the same run; with
+           --cost-profile, where the daemon's time goes (py-spy) (bench/costs.py)
 
 Raw results: bench/results/<timestamp>.json.
 """
@@ -59,12 +62,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import embedded, hibernation, pgdb, principals  # noqa: E402
+from bench import costs, embedded, hibernation, pgdb, principals  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake")
-OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake")  # need no peer installed
+PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
+          "cost")
+OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -548,6 +552,9 @@ class Bench:
     async def phase_wake(self) -> dict[str, Any]:
         return await hibernation.phase_wake(self)
 
+    async def phase_cost(self) -> dict[str, Any]:
+        return await costs.phase_cost(self)
+
     async def phase_scale(self) -> dict[str, Any]:
         a = self.args
         n = a.scale_sessions
@@ -876,6 +883,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     rows += embedded.rows(results)
     rows += principals.rows(results)
     rows += hibernation.rows(results)
+    rows += costs.rows(results)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]
@@ -1010,6 +1018,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warm-agents", type=int, default=1, help="ours' [agent] warm_agents in the create phase")
     p.add_argument("--pause-rcvbuf", type=int, default=0, help="SO_RCVBUF of the slow subscriber (0: the default)")
     p.add_argument("--pause-text", type=int, default=4000, help="characters of text per event in the slow-subscriber turn")
+    p.add_argument("--cost-sessions", type=lambda s: [int(x) for x in s.split(",")],
+                   help="concurrently streaming sessions in the cost phase (default 1,200, quick 1,20)")
+    p.add_argument("--cost-events", type=int, help="events per turn in the cost phase (default 500, quick 200)")
+    p.add_argument("--cost-store", default="memory,sqlite", help="stores for the cost phase (memory, sqlite)")
+    p.add_argument("--cost-min-events", type=int,
+                   help="rounds in the cost phase: enough for this many events (default 10000, quick 2000)")
+    p.add_argument("--cost-profile", action="store_true",
+                   help="the cost phase also profiles one turn at the top session count with py-spy")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
@@ -1042,6 +1058,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.restart_sessions = 100 if q else 1000
     args.auth_requests = 300 if q else 3000
     args.auth_users = 100 if q else 1000
+    args.cost_sessions = args.cost_sessions or ([1, 20] if q else [1, 200])
+    args.cost_events = args.cost_events or (200 if q else 500)
+    args.cost_stores = [x.strip() for x in args.cost_store.split(",") if x.strip()]
+    if bad_stores := [x for x in args.cost_stores if x not in ("memory", "sqlite")]:
+        p.error(f"unknown --cost-store {bad_stores}; choose from memory, sqlite")
+    args.cost_min_events = args.cost_min_events or (2000 if q else 10_000)
+    args.cost_timeout = 120.0
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:
