@@ -15,6 +15,12 @@ subscriber that keeps up).
 So a burst of events costs each subscriber one wake-up and one socket write per interval
 instead of one per event (the difference between 1 and ~20 frames per send at 100
 subscribers), at the price of at most WAKE_INTERVAL_S extra delay inside a burst.
+While many sessions stream at once (at least BUSY_SESSIONS, together more than
+BUSY_EVENTS_PER_S), the interval grows to BUSY_WAKE_INTERVAL_S: each session's events
+then come further apart than 5 ms, so without it every event would cost every subscriber
+a wake-up and a send of its own (measured: 1.0 event per socket write at 200 sessions),
+more CPU than everything else the daemon does for the event. One session streaming
+fast batches well at 5 ms and keeps it.
 The ring is allocated at the first append, and a hibernated session whose store is
 durable drops it (its events are in the database; readers go there), so a sleeping
 session costs no ring. The log knows nothing about HTTP or the SDK.
@@ -32,6 +38,36 @@ _dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).enc
 _dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 WAKE_INTERVAL_S = 0.005
+BUSY_EVENTS_PER_S = 5000  # published by the daemon, all sessions together
+BUSY_SESSIONS = 10  # sessions publishing within one PACE_WINDOW_S
+BUSY_WAKE_INTERVAL_S = 0.05
+PACE_WINDOW_S = 0.1  # how often the load is measured
+
+
+class _Pace:
+    """The wake interval for every log in this process, from how many events how many
+    sessions published in the last window."""
+
+    def __init__(self) -> None:
+        self.interval = WAKE_INTERVAL_S
+        self._since = 0.0
+        self._count = 0
+        self._sessions: set[str] = set()
+
+    def count(self, session_id: str, now: float) -> None:
+        self._count += 1
+        self._sessions.add(session_id)
+        elapsed = now - self._since
+        if elapsed >= PACE_WINDOW_S:
+            busy = (
+                len(self._sessions) >= BUSY_SESSIONS and self._count > BUSY_EVENTS_PER_S * elapsed
+            )
+            self.interval = BUSY_WAKE_INTERVAL_S if busy else WAKE_INTERVAL_S
+            self._since, self._count = now, 0
+            self._sessions.clear()
+
+
+PACE = _Pace()
 
 
 class CursorUnavailable(Exception):
@@ -85,7 +121,7 @@ class EventLog:
         self.ticks = 0  # bumped by pulse(); lets idle subscribers time their keepalives
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._last_wake = -WAKE_INTERVAL_S
+        self._last_wake = -BUSY_WAKE_INTERVAL_S
         self._deferred_wake: asyncio.TimerHandle | None = None
         self._woken_seq = last_seq
         self._wake_batch = max(1, ring_size // 4)
@@ -148,13 +184,15 @@ class EventLog:
         self._wake()
 
     def _wake_soon(self) -> None:
+        now = self._loop.time()
+        PACE.count(self.session_id, now)
         if self.published_seq - self._woken_seq >= self._wake_batch:
             self._wake()  # a small ring must not fill up between wake-ups
             return
         if self._deferred_wake is not None:
             return  # this event rides on the wake-up already scheduled
-        due = self._last_wake + WAKE_INTERVAL_S
-        if self._loop.time() >= due:
+        due = self._last_wake + PACE.interval
+        if now >= due:
             self._wake()
         else:
             self._deferred_wake = self._loop.call_at(due, self._wake)

@@ -95,7 +95,8 @@ class SessionSpec:
         transcripts = store.sdk_session_store()
         return ClaudeAgentOptions(
             # With a durable store the CLI mirrors its transcript there, so any host can
-            # resume the conversation; "eager" keeps a dying host's loss to the last moment.
+            # resume the conversation; "eager" keeps a dying host's loss to the last moment
+            # ("batched" would lose a first turn cut short, and with it the conversation).
             session_store=transcripts,
             session_store_flush="eager" if transcripts else "batched",
             resume=resume,

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from agent_webkitd import eventlog
 from agent_webkitd.eventlog import CursorUnavailable, EventLog
 from agent_webkitd.store import MemoryStore
 
@@ -117,3 +118,36 @@ async def test_a_dropped_ring_sends_readers_to_the_store_and_comes_back_for_new_
     assert [parse(f)[0] for f in log.frames_after(3, 10)] == [4]
     with pytest.raises(CursorUnavailable):
         log.frames_after(2, 10)
+
+
+async def test_many_sessions_streaming_at_once_share_longer_wake_ups_one_fast_one_does_not() -> None:
+    """Events of many sessions come further apart each than WAKE_INTERVAL_S: past
+    BUSY_SESSIONS sessions and BUSY_EVENTS_PER_S events, wake-ups are paced at
+    BUSY_WAKE_INTERVAL_S so a subscriber writes several events per send, not one."""
+    eventlog.PACE = eventlog._Pace()
+    one = EventLog("one", 100_000, MemoryStore())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3 * eventlog.PACE_WINDOW_S
+    while loop.time() < deadline:  # one session, as fast as it can: 5 ms is enough
+        one.append("e", {})
+        await asyncio.sleep(0)
+    assert eventlog.PACE.interval == eventlog.WAKE_INTERVAL_S
+
+    logs = [EventLog(f"s{i}", 100_000, MemoryStore()) for i in range(2 * eventlog.BUSY_SESSIONS)]
+    deadline = loop.time() + 3 * eventlog.PACE_WINDOW_S
+    while loop.time() < deadline:  # many sessions, round robin, well above the rate
+        for log in logs:
+            log.append("e", {})
+        await asyncio.sleep(0)
+    assert eventlog.PACE.interval == eventlog.BUSY_WAKE_INTERVAL_S
+    await asyncio.wait_for(logs[0].wait(), eventlog.BUSY_WAKE_INTERVAL_S * 2)  # the last one
+    waiter = asyncio.create_task(logs[0].wait())
+    await asyncio.sleep(0)
+    logs[0].append("e", {})  # within the busy interval of its last wake-up: it waits
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await asyncio.wait_for(waiter, eventlog.BUSY_WAKE_INTERVAL_S * 2)
+
+    await asyncio.sleep(2 * eventlog.PACE_WINDOW_S)  # quiet again
+    one.append("e", {})
+    assert eventlog.PACE.interval == eventlog.WAKE_INTERVAL_S
