@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Daemon, api_for
-from tests.standin.fixtures import fake_model_url
+from tests.standin.fixtures import fake_model_url, offline_cli_env
 from tests.test_artefacts import create as create_artefact
-from tests.standin.fixtures import offline_cli_env
 from tests.test_daemon_real_cli import events_until, named
 from tests.test_operations import sample
 from tests.wire_client import Api
@@ -106,6 +105,7 @@ async def test_another_model_and_mode_take_the_warm_cli_and_are_applied_after_co
         asked = [(c["subtype"], c.get("model") or c.get("mode")) for c in controls_received(daemon, warm["pid"])]
         assert ("set_model", "claude-other-test") in asked and ("set_permission_mode", "acceptEdits") in asked
         status, described, _ = await api.request("GET", f"/sessions/{session_id}")
+        assert status == 200
         assert (described["model"], described["permission_mode"]) == ("claude-other-test", "acceptEdits")
         # The CLI really is in acceptEdits: the Write runs without a permission prompt.
         stream = await api.open_stream(session_id, 0)
