@@ -65,7 +65,8 @@ class Metrics:
         )
         self.agent_start_failures = Counter(
             "agent_webkit_agent_start_failures_total",
-            "CLI processes that could not start for a new session (502 agent_start_failed).",
+            "CLI processes that could not start: for a new session (502 agent_start_failed),"
+            " or warm ones.",
             registry=r,
         )
         self.agents_live = Gauge(

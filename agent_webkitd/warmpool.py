@@ -82,7 +82,7 @@ class WarmPool:
 
     def take(self, to: Holder) -> Agent | None:
         """A warm CLI for a new session, its slot handed to `to`; None if none is ready."""
-        while self._ready:
+        while self._ready and not self._stopped.is_set():
             warm = self._ready.popleft()
             if warm.agent.stopping:  # its watcher gives the slot back
                 continue

@@ -14,7 +14,9 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
            `result`), missing events, stalls; then the same with one subscriber that
            stops reading for a few seconds mid-turn
   replay   a new subscriber receiving a full 1000-event ring (Last-Event-ID and no header)
-  create   POST /sessions latency p50/p99
+  create   POST /sessions latency p50/p99: sequential creates in the default cwd (ours with
+           --warm-agents warm CLIs, each create once the pool has refilled), ours cold for
+           reference, then bursts larger than the pool; failures counted
   memory   server RSS (CLI processes excluded) per idle session and per 1000 ring events
   durable  ours only, the memory store against the SQLite and the Postgres store (a throwaway database,
            `awk_bench_<hex>` on AGENT_WEBKITD_BENCH_PG, default the local server): the

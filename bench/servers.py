@@ -272,6 +272,7 @@ class Ours(Server):
                 "ring_size": ring_size,
                 "idle_timeout_s": 3600,
                 "hibernate_after_s": 0,  # the other phases measure live sessions
+                "max_streams_per_session": 1000,  # fan-out: 100 subscribers on one session
                 **(sessions or {}),
             },
             "agent": {
