@@ -20,7 +20,9 @@ BUSY_EVENTS_PER_S), the interval grows to BUSY_WAKE_INTERVAL_S: each session's e
 then come further apart than 5 ms, so without it every event would cost every subscriber
 a wake-up and a send of its own (measured: 1.0 event per socket write at 200 sessions),
 more CPU than everything else the daemon does for the event. One session streaming
-fast batches well at 5 ms and keeps it.
+fast batches well at 5 ms and keeps it. Events a person waits on (a turn's `result`, a
+permission or question, a state change, an error) wake subscribers as soon as they are
+published, whatever the interval: pacing delays text, never a turn's end or a prompt.
 The ring is allocated at the first append, and a hibernated session whose store is
 durable drops it (its events are in the database; readers go there), so a sleeping
 session costs no ring. The log knows nothing about HTTP or the SDK.
@@ -40,7 +42,11 @@ _dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 WAKE_INTERVAL_S = 0.005
 BUSY_EVENTS_PER_S = 5000  # published by the daemon, all sessions together
 BUSY_SESSIONS = 10  # sessions publishing within one PACE_WINDOW_S
-BUSY_WAKE_INTERVAL_S = 0.05
+BUSY_WAKE_INTERVAL_S = 0.1
+# Published at once, never paced.
+URGENT_EVENTS = frozenset(
+    {"result", "permission_request", "ask_user_question", "session_state", "error", "done"}
+)
 PACE_WINDOW_S = 0.1  # how often the load is measured
 
 
@@ -124,6 +130,7 @@ class EventLog:
         self._last_wake = -BUSY_WAKE_INTERVAL_S
         self._deferred_wake: asyncio.TimerHandle | None = None
         self._woken_seq = last_seq
+        self._urgent_seq = 0  # the newest event that must not wait for a paced wake-up
         self._wake_batch = max(1, ring_size // 4)
 
     @property
@@ -154,6 +161,8 @@ class EventLog:
             self._ring = [b""] * self._size
         self._ring[seq % self._size] = join_frame(head, text)
         self.last_seq = seq
+        if name in URGENT_EVENTS:
+            self._urgent_seq = seq
         self._store.append(self, seq, name, text)
         return seq
 
@@ -186,8 +195,9 @@ class EventLog:
     def _wake_soon(self) -> None:
         now = self._loop.time()
         PACE.count(self.session_id, now)
-        if self.published_seq - self._woken_seq >= self._wake_batch:
-            self._wake()  # a small ring must not fill up between wake-ups
+        urgent = self._woken_seq < self._urgent_seq <= self.published_seq
+        if urgent or self.published_seq - self._woken_seq >= self._wake_batch:
+            self._wake()  # a person waits on it; or a small ring must not fill up
             return
         if self._deferred_wake is not None:
             return  # this event rides on the wake-up already scheduled

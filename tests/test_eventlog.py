@@ -147,6 +147,14 @@ async def test_many_sessions_streaming_at_once_share_longer_wake_ups_one_fast_on
     await asyncio.sleep(0)
     assert not waiter.done()
     await asyncio.wait_for(waiter, eventlog.BUSY_WAKE_INTERVAL_S * 2)
+    # What a person waits on is never paced: a turn's end, a prompt.
+    for name in ("result", "permission_request"):
+        waiter = asyncio.create_task(logs[0].wait())
+        await asyncio.sleep(0)
+        logs[0].append("e", {})
+        logs[0].append(name, {})
+        await asyncio.sleep(0)
+        assert waiter.done(), name
 
     await asyncio.sleep(2 * eventlog.PACE_WINDOW_S)  # quiet again
     one.append("e", {})
