@@ -104,6 +104,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switching a new file to WAL takes an exclusive lock without waiting on busy_timeout,
+    so two processes opening it at once (two `migrate`s) retry here instead of failing."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class StoreLocked(Exception):
     """Another daemon has this database file."""
 
@@ -116,7 +130,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn)
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

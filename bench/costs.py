@@ -69,13 +69,17 @@ def cli_launcher(bench: Bench) -> Path:
     return path if path.exists() else fast_launcher(bench.tmp)
 
 
-def cost_scenario(k: int) -> dict[str, Any]:
+def cost_scenario(k: int, stream_ms: float = 0.0) -> dict[str, Any]:
     """A short warm-up turn (WARMUP_EVENTS), then every turn K one-block assistant frames
-    (bench/run.py's events_scenario after the first turn)."""
+    (bench/run.py's events_scenario after the first turn); with `stream_ms`, every turn one
+    text block of K words streamed as deltas that many ms apart, as a model streams tokens."""
     from bench.run import events_scenario
 
-    measured = events_scenario(k, "x")
     warm_up = {"steps": [{"events": min(k, WARMUP_EVENTS), "text": "x"}]}
+    if stream_ms:
+        streamed = {"steps": [{"text": " ".join(["tok"] * k), "delay": stream_ms / 1000}]}
+        return {"turns": [warm_up, streamed], "then": "repeat_last"}
+    measured = events_scenario(k, "x")
     return {**measured, "turns": [warm_up, *measured["turns"]]}
 
 
@@ -87,10 +91,11 @@ async def phase_cost(bench: Bench) -> dict[str, Any]:
     a = bench.args
     k, levels, stores = a.cost_events, a.cost_sessions, a.cost_stores
     log(f"\n== cost (ours only): the daemon's CPU per delivered event vs the SDK alone's CPU per frame;"
-        f" N sessions x 1 subscriber, K={k}-event turns started together; N in {levels}, stores {stores}"
+        f" N sessions x 1 subscriber, K={k}-event turns started together"
+        f"{f' (K text deltas {a.cost_stream_ms:g} ms apart)' if a.cost_stream_ms else ''}; N in {levels}, stores {stores}"
         f"{'; py-spy at N=' + str(max(levels)) if a.cost_profile else ''}")
     out: dict[str, Any] = bench.results.setdefault("cost", {"k": k, "sdk": [], "runs": [], "profiles": []})
-    scenario = cost_scenario(k)
+    scenario = cost_scenario(k, a.cost_stream_ms)
     for n in levels:
         turns = rounds_for(n, k, a.cost_min_events)
         profile = a.cost_profile and n == max(levels)

@@ -1026,6 +1026,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cost-store", default="memory,sqlite", help="stores for the cost phase (memory, sqlite)")
     p.add_argument("--cost-min-events", type=int,
                    help="rounds in the cost phase: enough for this many events (default 10000, quick 2000)")
+    p.add_argument("--cost-stream-ms", type=float, default=0.0,
+                   help="cost phase: stream each turn as K text deltas this many ms apart (paced by"
+                        " the CLIs, so the daemon and the SDK alone run at the same rate), instead"
+                        " of K assistant frames as fast as the CLI can")
     p.add_argument("--cost-profile", action="store_true",
                    help="the cost phase also profiles one turn at the top session count with py-spy")
     args = p.parse_args(argv)
