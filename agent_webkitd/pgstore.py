@@ -192,6 +192,10 @@ class PostgresStore:
         if len(self._pending) >= self.config.max_pending_events:
             self._room.clear()
 
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
     async def room(self) -> None:
         await self._room.wait()
 

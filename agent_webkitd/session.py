@@ -589,7 +589,8 @@ class Session:
         """One SDK message from the CLI."""
         self._last_output = time.monotonic()
         self._stalled_since = None
-        await self.store.room()  # a database that lags pauses the CLI
+        if self.store.full:  # a database that lags pauses the CLI
+            await self.store.room()
         if self.bridge.handle(message):
             self._turn_done.set()
         claude_session_id = self.bridge.claude_session_id

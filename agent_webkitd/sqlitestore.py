@@ -163,6 +163,10 @@ class SqliteStore:
         if len(self._pending.events) >= self.config.max_pending_events:
             self._room.clear()
 
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
     async def room(self) -> None:
         await self._room.wait()
 

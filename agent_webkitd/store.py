@@ -63,6 +63,12 @@ class Store(Protocol):
         """Record one event (`text` is its JSON) and publish it on the log once durable."""
         ...
 
+    @property
+    def full(self) -> bool:
+        """True while producers must wait for `room()` before the next event (checked per
+        SDK message, so a store with room costs no await)."""
+        ...
+
     async def room(self) -> None:
         """Return when the store can take more events (backpressure for producers)."""
         ...
@@ -133,6 +139,7 @@ class MemoryStore:
     durable = False
     shared = False
     healthy = True
+    full = False
 
     def __init__(self) -> None:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
