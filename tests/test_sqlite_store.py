@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
 from agent_webkitd.config import StoreConfig
+from agent_webkitd.eventlog import EventLog
 from agent_webkitd.sqlitestore import SqliteStore
 from tests.conftest import Daemon, api_for
 from tests.standin.fixtures import fake_model_url, offline_cli_env
@@ -366,3 +368,37 @@ async def agent_webkitd(*args: str) -> str:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return out.decode()
+
+
+async def test_a_store_that_cannot_commit_is_full_until_it_can_and_publishes_nothing_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Backpressure: while another process holds the database's write lock, events wait;
+    past max_pending_events the store is `full` (sessions stop reading their CLI) until
+    the commits go through, and only committed events reach subscribers."""
+    path = tmp_path / "sessions.db"
+    store = SqliteStore(StoreConfig(max_pending_events=5), path)
+    await store.start()
+    try:
+        await store.session_opened("s1", {"owner": "token:default"})
+        log = EventLog("s1", 100, store)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock
+        log.append("e", {"i": 0})
+        await asyncio.sleep(0.2)  # the writer is stuck committing the first event
+        for i in range(1, 10):
+            log.append("e", {"i": i})
+        assert store.full and log.published_seq == 0
+        room = asyncio.create_task(store.room())
+        await asyncio.sleep(0.2)
+        assert not room.done()
+        blocker.execute("ROLLBACK")
+        await asyncio.wait_for(room, 15)
+        assert not store.full
+        deadline = time.monotonic() + 15
+        while log.published_seq < 10:
+            assert time.monotonic() < deadline, log.published_seq
+            await asyncio.sleep(0.05)
+        blocker.close()
+    finally:
+        await store.stop()
