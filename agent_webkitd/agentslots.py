@@ -55,8 +55,7 @@ class AgentSlots:
     async def acquire(self, holder: Holder, *, wait: bool) -> None:
         """Take a slot, hibernating the least recently used idle CLI if none is free.
         Without `wait`, 503 `agents_busy` when nothing can make room."""
-        if len(self._holders) < self.limit and not self._queue:
-            self._holders[holder] = None
+        if self.try_acquire(holder):
             return
         if not self._make_room(len(self._queue) + 1) and not wait:
             raise unavailable(
@@ -76,9 +75,14 @@ class AgentSlots:
                 self._queue.remove(entry)
             raise
 
+    @property
+    def free(self) -> bool:
+        """A slot is free and nobody waits for one."""
+        return len(self._holders) < self.limit and not self._queue
+
     def try_acquire(self, holder: Holder) -> bool:
         """Take a free slot if there is one and nobody waits; never makes room."""
-        if len(self._holders) < self.limit and not self._queue:
+        if self.free:
             self._holders[holder] = None
             return True
         return False

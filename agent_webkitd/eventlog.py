@@ -40,7 +40,9 @@ _dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).enc
 _dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 WAKE_INTERVAL_S = 0.005
-BUSY_EVENTS_PER_S = 5000  # published by the daemon, all sessions together
+# Publishes by the daemon, all sessions together: one per event with the memory store,
+# one per commit with a durable one (each is a wake-up to pace, so that is what counts).
+BUSY_EVENTS_PER_S = 5000
 BUSY_SESSIONS = 10  # sessions publishing within one PACE_WINDOW_S
 BUSY_WAKE_INTERVAL_S = 0.1
 # Published at once, never paced.

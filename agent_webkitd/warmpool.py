@@ -116,10 +116,11 @@ class WarmPool:
                     async with asyncio.timeout(backoff):
                         await self._stopped.wait()
                 continue
-            warm = _Warm(self._build())
-            if not self._slots.try_acquire(warm):  # every slot is wanted by sessions
+            if not self._slots.free:  # every slot is wanted by sessions
                 await self._wait(ROOM_POLL_S)
                 continue
+            warm = _Warm(self._build())
+            self._slots.try_acquire(warm)  # still free: nothing ran since the check
             try:
                 async with self._slots.starting():
                     await warm.agent.start(self._start_timeout_s)

@@ -231,7 +231,7 @@ async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: di
     assert server.proc is not None
     pid = server.proc.pid
     switches0 = loop_switches(pid)
-    cpu0, loop0 = cpu_s(pid), loop_cpu_s(pid)
+    cpu0, loop0 = cpu_s(pid), cpu_s(pid, thread=pid)  # the main thread runs the event loop
     t0 = time.monotonic()
     job.mark_t0(t0)
     codes = await asyncio.gather(*(server.say(sid, timeout=60) for sid in sids), return_exceptions=True)
@@ -239,7 +239,7 @@ async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: di
     if any(c != 204 for c in codes):
         job.abort()
     results = await job.results()
-    cpu, loop_cpu = cpu_s(pid) - cpu0, loop_cpu_s(pid) - loop0
+    cpu, loop_cpu = cpu_s(pid) - cpu0, cpu_s(pid, thread=pid) - loop0
     switches = loop_switches(pid) - switches0
     delivered = sum(s.get("count", 0) for s in results)
     expected = lost = no_result = 0
@@ -283,12 +283,6 @@ def sum_turns(turns: list[dict[str, Any]]) -> dict[str, Any]:
         "events_per_read": delivered / max(1, sum(t["reads"] for t in turns)),
         "loop_switches_per_event": sum(t["loop_switches"] for t in turns) / max(1, delivered),
     }
-
-
-def loop_cpu_s(pid: int) -> float:
-    """utime + stime of the daemon's main thread (its event loop), in seconds."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def loop_switches(pid: int) -> int:

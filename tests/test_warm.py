@@ -56,18 +56,21 @@ async def creates(api: Api, start: str) -> float:
     return sample(text, "agent_webkit_creates_total", f'start="{start}"')
 
 
-def cli_starts(daemon: Daemon) -> list[dict[str, Any]]:
-    """The argv record of every CLI started in the default cwd."""
+def cli_records(daemon: Daemon) -> list[dict[str, Any]]:
+    """What the scripted CLIs in the default cwd logged (SCRIPTED_CLI_LOG)."""
     log = daemon.workdir / "default-cwd" / "cli-log.jsonl"
     if not log.exists():
         return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["dir"] == "argv"]
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def cli_starts(daemon: Daemon) -> list[dict[str, Any]]:
+    """The argv record of every CLI started in the default cwd."""
+    return [r for r in cli_records(daemon) if r["dir"] == "argv"]
 
 
 def controls_received(daemon: Daemon, pid: int) -> list[dict[str, Any]]:
-    log = daemon.workdir / "default-cwd" / "cli-log.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records = cli_records(daemon)
     frames = [json.loads(r["line"]) for r in records if r["dir"] == "in" and r["pid"] == pid]
     return [f["request"] for f in frames if f.get("type") == "control_request"]
 
