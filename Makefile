@@ -52,10 +52,10 @@ soak: install
 fuzz: install
 	AGENT_WEBKITD_FUZZ_EXAMPLES=$${EXAMPLES:-2000} $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_parsers.py
 
-# The API description for integrators: conf/openapi.json, written from agent_webkitd/openapi.py
+# The API description for integrators: conf/openapi.json, written from agent_webkitd/protocol/openapi.py
 # (a test fails when it is out of date).
 openapi: install
-	$(BIN)/python -m agent_webkitd.openapi > conf/openapi.json
+	$(BIN)/python -m agent_webkitd.protocol.openapi > conf/openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         load_environment(config)
         if args.command in ("migrate", "prune", "backup"):
             return run_store_command(args, config)
-        from .genui import load_components  # the SDK: only to check components and serve
+        from .agents.genui import load_components  # the SDK: only to check components and serve
 
         components = load_components(config.genui)  # a bad component schema is a config error
         if args.command == "check-config":
@@ -88,8 +88,8 @@ def run_store_command(args: argparse.Namespace, config: Config) -> int:
 
 def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     if config.store.backend == "sqlite":
-        from .sqlitedb import backup
-        from .sqlitestore import migrate_file, prune_file
+        from .stores.sqlite.db import backup
+        from .stores.sqlite.store import migrate_file, prune_file
 
         path = Path(config.store.path)
         if args.command == "backup":
@@ -104,7 +104,7 @@ def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     dsn = store_dsn(config)
     if not dsn:
         raise ConfigError("no database: set store.dsn or DATABASE_URL")
-    from .pgstore import prune, run_migrations  # asyncpg only when it is used
+    from .stores.postgres.store import prune, run_migrations  # asyncpg only when it is used
 
     if args.command == "migrate":
         return {"applied": asyncio.run(run_migrations(dsn))}

@@ -25,8 +25,9 @@ import structlog
 from aiohttp import web
 
 from . import __version__
-from .artefacttools import ArtefactTools
-from .auth import Auth
+from .agents.artefact_tools import ArtefactTools
+from .agents.genui import Component, GenuiToolset
+from .agents.toolsets import Toolset
 from .config import (
     AUTH_TOKEN_ENV,
     DSN_ENV,
@@ -36,16 +37,15 @@ from .config import (
     auth_token,
     store_dsn,
 )
-from .genui import Component, GenuiToolset
-from .jwtauth import JwtVerifier
+from .http.auth import Auth
+from .http.routes import build_app
+from .identity.oidc import JwtVerifier
+from .identity.principals import Authenticator, Principal, static_tokens
+from .identity.tickets import Tickets, ticket_key
 from .metrics import Metrics
-from .principals import Authenticator, Principal, static_tokens
-from .routes import build_app
-from .store import MemoryStore, Store
-from .supervisor import Supervisor
-from .tickets import Tickets, ticket_key
-from .toolsets import Toolset
-from .wire import PROTOCOL_VERSION
+from .protocol.wire import PROTOCOL_VERSION
+from .sessions.supervisor import Supervisor
+from .stores.base import MemoryStore, Store
 
 log = structlog.get_logger(__name__)
 FD_BASE = 128  # the listener, logs, the store's files or pool, the Python runtime
@@ -85,11 +85,11 @@ class StartupFailed(Exception):
 
 def build_store(config: Config, dsn: str) -> Store:
     if config.store.backend == "postgres":
-        from .pgstore import PostgresStore  # asyncpg only when it is used
+        from .stores.postgres.store import PostgresStore  # asyncpg only when it is used
 
         return PostgresStore(config.store, dsn, config.server.host, config.server.port)
     if config.store.backend == "sqlite":
-        from .sqlitestore import SqliteStore
+        from .stores.sqlite.store import SqliteStore
 
         return SqliteStore(config.store, Path(config.store.path))
     return MemoryStore()

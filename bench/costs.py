@@ -346,13 +346,13 @@ FRAME_RE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
 # Self time is put in the first area whose pattern its leaf frame's file matches.
 AREAS = (
-    ("daemon: bridge", "agent_webkitd/bridge.py"),
-    ("daemon: event log", "agent_webkitd/eventlog.py"),
-    ("daemon: SSE", "agent_webkitd/sse.py"),
-    ("daemon: session", "agent_webkitd/session.py"),
-    ("daemon: agent", "agent_webkitd/agent.py"),
-    ("daemon: store", "store.py"),
-    ("daemon: sqlite", "sqlite"),
+    ("daemon: bridge", "agent_webkitd/sessions/bridge.py"),
+    ("daemon: event log", "agent_webkitd/sessions/eventlog.py"),
+    ("daemon: SSE", "agent_webkitd/http/sse.py"),
+    ("daemon: session", "agent_webkitd/sessions/"),
+    ("daemon: agent", "agent_webkitd/agents/"),
+    ("daemon: sqlite", "agent_webkitd/stores/sqlite/"),
+    ("daemon: store", "agent_webkitd/stores/"),
     ("daemon: metrics", "agent_webkitd/metrics.py"),
     ("daemon: logging", "agent_webkitd/logs.py"),
     ("daemon: other", "agent_webkitd/"),

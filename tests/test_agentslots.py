@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agent_webkitd.agentslots import AgentSlots
+from agent_webkitd.agents.slots import AgentSlots
 from agent_webkitd.errors import ApiError
 
 

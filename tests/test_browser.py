@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from agent_webkitd import openapi
+from agent_webkitd.protocol import openapi
 from tests.conftest import Daemon, api_for, free_port
 from tests.standin.fixtures import fake_model_url
 from tests.standin.idp import Idp, idp, jwt_config

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from agent_webkitd import openapi
+from agent_webkitd.protocol import openapi
 from tests.conftest import TOKEN, Daemon
 
 EXAMPLES = int(os.environ.get("AGENT_WEBKITD_FUZZ_EXAMPLES", "25"))

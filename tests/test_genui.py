@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from agent_webkitd.agents.genui import GenuiToolset, load_components
 from agent_webkitd.config import GenuiConfig, load_config
-from agent_webkitd.genui import GenuiToolset, load_components
 from tests.conftest import ROOT, Daemon, api_for
 from tests.standin.fixtures import fake_model_url
 from tests.test_daemon_real_cli import (

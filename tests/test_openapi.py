@@ -9,12 +9,12 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 
-from agent_webkitd import openapi
 from agent_webkitd.config import Config
+from agent_webkitd.http.routes import build_app
 from agent_webkitd.metrics import Metrics
-from agent_webkitd.routes import build_app
-from agent_webkitd.store import MemoryStore
-from agent_webkitd.supervisor import Supervisor
+from agent_webkitd.protocol import openapi
+from agent_webkitd.sessions.supervisor import Supervisor
+from agent_webkitd.stores.base import MemoryStore
 from tests.conftest import Daemon, api_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_every_schema_is_valid_json_schema_and_every_reference_resolves() -> Non
 
 
 def test_every_error_code_the_document_lists_is_one_the_daemon_uses() -> None:
-    sources = "".join(p.read_text() for p in (ROOT / "agent_webkitd").glob("*.py") if p.name != "openapi.py")
+    sources = "".join(p.read_text() for p in (ROOT / "agent_webkitd").rglob("*.py") if p.name != "openapi.py")
     for path, item in openapi.document()["paths"].items():
         for method in (m for m in item if m in METHODS):
             for status, response in item[method]["responses"].items():

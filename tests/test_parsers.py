@@ -11,8 +11,9 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_webkitd import openapi, sse, wire
 from agent_webkitd.errors import ApiError
+from agent_webkitd.http import sse
+from agent_webkitd.protocol import openapi, wire
 
 EXAMPLES = int(os.environ.get("AGENT_WEBKITD_FUZZ_EXAMPLES", "25")) * 8
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 200)

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from agent_webkitd.pgstore import owner_is_gone
+from agent_webkitd.stores.postgres.store import owner_is_gone
 from tests.conftest import api_for
 from tests.standin.fixtures import fake_model_url, offline_cli_env
 from tests.test_conversation import WRITE

@@ -25,7 +25,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.types import SessionKey
 
-from agent_webkitd.transcripts import TRANSCRIPT_SCHEMA, PostgresSessionStore
+from agent_webkitd.stores.postgres.transcripts import TRANSCRIPT_SCHEMA, PostgresSessionStore
 from tests.pgdb import temporary_database
 
 RECORDED_FRAMES = (

@@ -22,8 +22,8 @@ import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
 from agent_webkitd.config import StoreConfig
-from agent_webkitd.eventlog import EventLog
-from agent_webkitd.sqlitestore import SqliteStore
+from agent_webkitd.sessions.eventlog import EventLog
+from agent_webkitd.stores.sqlite.store import SqliteStore
 from tests.conftest import Daemon, api_for
 from tests.standin.fixtures import fake_model_url, offline_cli_env
 from tests.test_conversation import WRITE

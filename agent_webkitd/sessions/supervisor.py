@@ -1,0 +1,494 @@
+"""The Supervisor: creates, finds, evicts and closes Sessions; enforces operator policy,
+capacity and the drain.
+
+It runs two small periodic tasks: the keepalive ticker that pulses every session's
+event log (so idle SSE subscribers write `: keepalive` without a timer of their own),
+and the idle sweep that hibernates sessions quiet past `hibernate_after_s` and evicts
+those idle past `idle_timeout_s`. The cap on CLI processes is the AgentSlots'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import structlog
+
+from ..agents.agent import Agent, AgentStartFailed
+from ..agents.slots import AgentSlots
+from ..agents.toolsets import Toolset
+from ..agents.warmpool import WarmPool
+from ..artefacts.versions import cli_line_bytes
+from ..config import Config
+from ..errors import ApiError, bad_request, not_found, unavailable
+from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
+from ..metrics import Metrics
+from ..protocol import wire
+from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
+from .session import Session, SessionSpec, WakeFailed
+
+log = structlog.get_logger(__name__)
+
+# The idle sweep runs this often (or four times per idle timeout, if that is shorter),
+# so a session is evicted within about a second of its deadline.
+IDLE_SWEEP_S = 1.0
+# How often the drain checks whether every session is gone.
+DRAIN_POLL_S = 0.2
+
+
+class Supervisor:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, toolsets: tuple[Toolset, ...] = ()
+    ) -> None:
+        self.config = config
+        self.toolsets = toolsets
+        self.store = store
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self._by_owner: dict[str, dict[str, Session]] = {}  # GET /sessions as one principal
+        self.slots = AgentSlots(
+            config.sessions.live_agents_cap, config.sessions.max_concurrent_starts
+        )
+        self.draining = False
+        self.streams = 0  # open SSE streams on this host
+        self._starting = 0  # creations in flight, reserved against the cap
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        # Claims in flight, by id and the owner they are limited to (None: an admin's).
+        self._claims: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
+        store.on_session_lost = self._lost
+        # What a create gets with no choices of its own: what warm CLIs are started with.
+        self._default_spec = self._spec(
+            DEFAULT_ADMIN.name, None, config.agent.permission_mode, self._resolve_cwd(None), None
+        )
+        self.warm = WarmPool(
+            config.agent.warm_agents,
+            self.slots,
+            self._warm_agent,
+            config.agent.start_timeout_s,
+            metrics,
+        )
+
+    async def start(self) -> None:
+        """Take up the sessions the store kept (each hibernated), then start the tickers."""
+        sessions = self.config.sessions
+        for claimed in await self.store.open_sessions(sessions.ring_size, sessions.idle_timeout_s):
+            await self._start(self._session(claimed))
+        if self.sessions:
+            log.info("sessions_restored", sessions=len(self.sessions))
+        self.warm.start()
+        self._tasks = [
+            asyncio.create_task(self._keepalive_ticker(), name="keepalive-ticker"),
+            asyncio.create_task(self._idle_sweep(), name="idle-sweep"),
+        ]
+
+    async def drain(self) -> None:
+        """Refuse new sessions from now on; the warm CLIs, of no more use, stop."""
+        self.draining = True
+        await self.warm.stop()
+
+    async def stop(self) -> None:
+        """Close every session left (each CLI process ends). With a durable store each is
+        hibernated and released instead, for the next start (or another host) to take up;
+        its streams end without `done`, so clients reconnect and carry on. Otherwise each
+        stream ends with `done`."""
+        for task in self._tasks:
+            task.cancel()
+        await self.warm.stop()
+        release = self.store.durable
+        await asyncio.gather(
+            *(self.close(s, "drain", release=release) for s in list(self.sessions.values())),
+            *self._closing,
+        )
+
+    async def wait_until_drained(self, timeout_s: float, abort: asyncio.Event) -> bool:
+        """Drain: wait until nothing is left that a shutdown would cut short (True), or
+        until the timeout or `abort` (False). Memory store: every session has idled out or
+        been deleted. Durable store: no turn is running or queued (the rest sleeps in the
+        store until the next start). Shared store: each session is handed over as it
+        settles."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._starting or self._left_to_drain():
+            if abort.is_set() or asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_S)
+        return True
+
+    def _left_to_drain(self) -> bool:
+        if self.store.shared:
+            self._hand_off_settled_sessions()
+        elif self.store.durable:
+            return any(s.busy for s in self.sessions.values())
+        return bool(self.sessions)
+
+    def _hand_off_settled_sessions(self) -> None:
+        """Durable store: a session between turns loses nothing by moving to another
+        host, so release it now instead of waiting for it to idle out. Its streams end
+        without `done`; clients reconnect and the next host claims it."""
+        for session in list(self.sessions.values()):
+            if not session.busy and not session.bridge.decisions.pending:
+                self._close_in_background(session, "drain", release=True)
+
+    async def _keepalive_ticker(self) -> None:
+        period = self.config.server.keepalive_s / 2
+        while True:
+            await asyncio.sleep(period)
+            for session in list(self.sessions.values()):
+                session.log.pulse()
+
+    async def _idle_sweep(self) -> None:
+        timeout = self.config.sessions.idle_timeout_s
+        hibernate_after = self.config.sessions.hibernate_after_s
+        watchdog = self.config.sessions
+        period = min(IDLE_SWEEP_S, timeout / 4, (hibernate_after or IDLE_SWEEP_S) / 4)
+        while True:
+            await asyncio.sleep(period)
+            for session in list(self.sessions.values()):
+                idle = session.idle_for()
+                if idle >= timeout:
+                    session.logger.info("session_idle_evicted", idle_for_s=round(idle, 1))
+                    self._close_in_background(session, "idle")
+                elif hibernate_after and session.quiet_for() >= hibernate_after:
+                    session.request_hibernation()
+                if watchdog.turn_idle_timeout_s:
+                    session.watch_turn(watchdog.turn_idle_timeout_s, watchdog.turn_kill_grace_s)
+
+    def _admit(self) -> None:
+        """Raise 503 unless this host can take one more session."""
+        if self.draining:
+            self.metrics.capacity_rejections.inc({"reason": "draining"})
+            raise unavailable(
+                "draining", "this server is shutting down; create the session elsewhere", 5
+            )
+        if len(self.sessions) + self._starting >= self.config.sessions.max_sessions:
+            self.metrics.capacity_rejections.inc({"reason": "at_capacity"})
+            raise unavailable(
+                "at_capacity",
+                f"this server hosts at most {self.config.sessions.max_sessions} sessions",
+                5,
+            )
+
+    def _spec(
+        self,
+        owner: str,
+        model: str | None,
+        mode: str,
+        cwd: str | None,
+        partial: bool | None,
+        resume: str | None = None,
+        fork: bool = False,
+    ) -> SessionSpec:
+        agent = self.config.agent
+        return SessionSpec(
+            agent=agent,
+            owner=owner,
+            resume=resume,
+            fork=fork,
+            include_partial_messages=agent.include_partial_messages if partial is None else partial,
+            model=model or agent.model or None,
+            permission_mode=mode,
+            cwd=cwd,
+            ring_size=self.config.sessions.ring_size,
+            inbound_queue_size=self.config.sessions.inbound_queue_size,
+            permission_timeout_s=self.config.sessions.permission_timeout_s,
+            max_message_bytes=self.config.sessions.max_message_bytes,
+            max_image_bytes=self.config.sessions.max_image_bytes,
+            toolsets=self.toolsets,
+            artefact_limits=self.config.artefacts,
+            max_line_bytes=cli_line_bytes(self.config.artefacts) if agent.artefacts else None,
+        )
+
+    async def create(self, request: wire.CreateSession, owner: Principal) -> Session:
+        agent = self.config.agent
+        mode = request.permission_mode or agent.permission_mode
+        wire.check_mode_allowed(mode, agent.allowed_permission_modes)
+        cwd = self._resolve_cwd(request.cwd)
+        self._admit()
+        resume = None
+        if request.resume is not None:
+            resume, cwd = await self._take_conversation(request, owner, cwd)
+        spec = self._spec(
+            owner.name,
+            request.model,
+            mode,
+            cwd,
+            request.include_partial_messages,
+            resume,
+            request.fork,
+        )
+        session = Session(spec, self.store, self.metrics, self.slots, self._forget)
+        warm_ok = resume is None and self._warm_fits(spec)
+        self._starting += 1
+        try:
+            try:
+                await self.store.session_opened(session.id, session.spec_record())
+            except Exception as exc:  # the database is away: refuse rather than lose it
+                session.logger.warning("store_unavailable", error=str(exc))
+                raise unavailable(
+                    "store_unavailable", "the session store cannot be reached; retry later", 5
+                ) from exc
+            warm = await self._start(session, self.warm.take(session) if warm_ok else None)
+        finally:
+            self._starting -= 1
+        self.metrics.creates.inc({"start": "warm" if warm else "cold"})
+        self.metrics.sessions_created.inc({"principal": self.metrics.principal_label(owner.name)})
+        session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
+        return session
+
+    async def _take_conversation(
+        self, request: wire.CreateSession, owner: Principal, cwd: str | None
+    ) -> tuple[str, str | None]:
+        """The Claude conversation a create resumes or forks, and the cwd its transcript
+        is filed under. Two CLIs must never append to one transcript: resuming (not
+        forking) a conversation that a live session holds is 409; a hibernated holder is
+        closed first. Anything this principal may not see is unknown, as if it did not
+        exist (400, never a fresh conversation)."""
+        wanted = request.resume or ""
+        holder = self.sessions.get(wanted) or next(
+            (s for s in self.sessions.values() if s.claude_session_id == wanted), None
+        )
+        unknown = bad_request(
+            "unknown_conversation", f"no conversation {wanted!r} that you may resume"
+        )
+        if holder is None:
+            if not owner.admin:  # only a session's owner knows whose a conversation is
+                raise unknown
+            return wanted, cwd  # an admin's own claude session id; checked at start
+        if not may_see(owner, holder.owner) or not holder.claude_session_id:
+            raise unknown
+        if request.cwd is not None and cwd != holder.spec.cwd:
+            raise bad_request(
+                "invalid_field", "cwd: a resumed conversation keeps the cwd it was filed under"
+            )
+        if not request.fork:
+            if holder.state != "hibernated":
+                raise ApiError(
+                    409,
+                    "conversation_in_use",
+                    f"session {holder.id} is live in this conversation: resume it there,"
+                    " fork it, or wait for it to hibernate",
+                )
+            holder.logger.info("session_resumed_elsewhere")
+            await self.close(holder, "resumed")
+        return holder.claude_session_id, holder.spec.cwd
+
+    def _warm_fits(self, spec: SessionSpec) -> bool:
+        """Whether a warm CLI can serve this spec: the model and permission mode can be
+        changed after the start; the cwd and partial messages cannot."""
+        default = self._default_spec
+        return (spec.cwd, spec.include_partial_messages) == (
+            default.cwd,
+            default.include_partial_messages,
+        )
+
+    def _warm_agent(self) -> Agent:
+        spec = self._default_spec
+        options = spec.cli_options(
+            self.store, model=spec.model, permission_mode=spec.permission_mode
+        )
+        return Agent(options, spec.toolsets, log.bind(warm=True))
+
+    async def _start(self, session: Session, warm: Agent | None = None) -> bool:
+        """Start a new session's CLI, or take over `warm` (a claimed one starts
+        hibernated), and register it; True if the warm CLI serves it."""
+        try:
+            served_warm = await session.start(warm)
+        except ApiError as exc:  # no CLI can be had now (agents_busy)
+            self.metrics.capacity_rejections.inc({"reason": exc.code})
+            await self.store.session_closed(session.id, "error")
+            raise
+        except WakeFailed as exc:  # the conversation to resume has no transcript
+            await self.store.session_closed(session.id, "error")
+            raise bad_request("unknown_conversation", str(exc)) from exc
+        except AgentStartFailed as exc:
+            self.metrics.agent_start_failures.inc({})
+            session.logger.warning("agent_start_failed", error=str(exc))
+            await self.store.session_closed(session.id, "error")
+            tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
+            raise ApiError(
+                502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
+            ) from exc
+        self.sessions[session.id] = session
+        self._by_owner.setdefault(session.owner, {})[session.id] = session
+        return served_warm
+
+    def _unregister(self, session: Session) -> None:
+        """Gone from the registry at once: the id answers 404 from now on."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        owned = self._by_owner.get(session.owner)
+        if owned is not None:
+            owned.pop(session.id, None)
+            if not owned:
+                del self._by_owner[session.owner]
+
+    def visible(self, principal: Principal, owner: str | None = None) -> list[Session]:
+        """The sessions GET /sessions lists: the caller's own; an admin's, every one (or
+        one owner's). Looked up by owner, so the time does not grow with other users'."""
+        if principal.admin and owner is None:
+            return list(self.sessions.values())
+        if not principal.admin:
+            owner = principal.name
+        return list(self._by_owner.get(owner or "", {}).values())
+
+    async def find(self, session_id: str, principal: Principal) -> Session:
+        """The session with this id, if `principal` may see it: this host's, or one
+        claimed from a host that is gone (durable store). 404 if there is none or it is
+        not theirs (the same answer, decided before anything that could tell it exists);
+        503 while another live host holds it."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            if not may_see(principal, session.owner):
+                raise not_found(session_id)
+            return session
+        if not self.store.shared:
+            raise not_found(session_id)
+        key = (session_id, None if principal.admin else principal.name)
+        claim = self._claims.get(key)
+        if claim is None:  # one claim per id at a time; concurrent requests share it
+            claim = asyncio.ensure_future(self._claim(session_id, key[1]))
+            self._claims[key] = claim
+            claim.add_done_callback(lambda _: self._claims.pop(key, None))
+        return await asyncio.shield(claim)
+
+    async def _claim(self, session_id: str, owner: str | None) -> Session:
+        self._admit()
+        self._starting += 1
+        try:
+            try:
+                claimed = await self.store.claim(session_id, self.config.sessions.ring_size, owner)
+            except SessionOwnedElsewhere as exc:
+                raise ApiError(
+                    503,
+                    "session_elsewhere",
+                    f"session {session_id!r} is live on another host ({exc.owner})",
+                    {"Retry-After": "1"},
+                    extra={"owner": exc.owner, "owner_url": exc.advertise_url},
+                ) from exc
+            except Exception as exc:
+                raise unavailable(
+                    "store_unavailable", "the session store cannot be reached; retry later", 5
+                ) from exc
+            if claimed is None:
+                raise not_found(session_id)
+            session = self._session(claimed)
+            await self._start(session)
+        finally:
+            self._starting -= 1
+        self.metrics.sessions_claimed.inc({})
+        return session
+
+    def _session(self, claimed: ClaimedSession) -> Session:
+        """A session taken up from the store, with its settings as last set."""
+        spec = claimed.spec
+        return Session(
+            self._spec(
+                spec.get("owner") or DEFAULT_ADMIN.name,  # sessions from before owners: the admin's
+                spec.get("model"),
+                spec.get("permission_mode") or "default",
+                spec.get("cwd"),
+                spec.get("include_partial_messages"),
+                spec.get("resume"),
+                spec.get("fork") is True,
+            ),
+            self.store,
+            self.metrics,
+            self.slots,
+            self._forget,
+            claimed,
+        )
+
+    def _lost(self, session_id: str) -> None:
+        """Another host claimed a session of ours (our lease ran out): stop it here
+        without publishing anything more."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        self._unregister(session)
+        session.log.fence()
+        self._close_in_background(session, "lost", release=True)
+
+    def _close_in_background(self, session: Session, reason: str, *, release: bool = False) -> None:
+        """Close from a sweep or callback; stop() waits for these before exiting."""
+        task = asyncio.create_task(self.close(session, reason, release=release))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, session: Session, reason: str, *, release: bool = False) -> None:
+        self._unregister(session)  # the id answers 404 while the CLI shuts down
+        await session.close(reason, release=release)
+
+    def _forget(self, session: Session) -> None:
+        """Called by every session as it ends, whatever ended it."""
+        self._unregister(session)
+        self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
+
+    def _resolve_cwd(self, requested: str | None) -> str | None:
+        agent = self.config.agent
+        if requested is None:
+            return agent.cwd or None
+        real = os.path.realpath(requested)
+        roots = [os.path.realpath(r) for r in agent.allowed_cwd_roots]
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            raise ApiError(
+                403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root"
+            )
+        try:
+            is_dir = Path(real).is_dir()
+        except OSError:  # a name too long, a path through a file, ...
+            is_dir = False
+        if not is_dir:
+            raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
+        return real
+
+    def open_stream(self, session: Session) -> None:
+        """Count a new subscriber in, within the per-session and per-host stream limits."""
+        if session.subscribers >= self.config.sessions.max_streams_per_session:
+            self.metrics.limit_rejections.inc({"limit": "streams_per_session"})
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"this session has {session.subscribers} open streams, the most it takes",
+                {"Retry-After": "5"},
+            )
+        if self.streams >= self.config.server.max_streams:
+            self.metrics.limit_rejections.inc({"limit": "streams"})
+            raise unavailable(
+                "stream_capacity", f"this server has {self.streams} open streams, its limit", 5
+            )
+        self.streams += 1
+        session.attach()
+
+    def close_stream(self, session: Session) -> None:
+        self.streams -= 1
+        session.detach()
+
+    def counts(self) -> dict[str, int]:
+        """How many sessions and CLI processes there are (GET /sessions, /healthz)."""
+        return {
+            "live_sessions": len(self.sessions),
+            "hibernated_sessions": sum(
+                1 for s in self.sessions.values() if s.state == "hibernated"
+            ),
+            "live_agents": self.slots.live,
+            "max_live_agents": self.slots.limit,
+            "waiting_for_agent": self.slots.waiting,
+            "warm_agents": self.warm.ready,
+        }
+
+    def refresh_gauges(self) -> None:
+        """Set the point-in-time gauges just before a scrape."""
+        sessions = list(self.sessions.values())
+        counts = self.counts()
+        self.metrics.sessions_live.set({}, counts["live_sessions"])
+        self.metrics.agents_live.set({}, counts["live_agents"])
+        self.metrics.agents_warm.set({}, counts["warm_agents"])
+        self.metrics.sessions_hibernated.set({}, counts["hibernated_sessions"])
+        self.metrics.max_sessions.set({}, self.config.sessions.max_sessions)
+        self.metrics.max_live_agents.set({}, counts["max_live_agents"])
+        self.metrics.store_healthy.set({}, 1 if self.store.healthy else 0)
+        self.metrics.subscribers_live.set({}, sum(s.subscribers for s in sessions))
+        self.metrics.decisions_pending.set(
+            {}, sum(len(s.bridge.decisions.pending) for s in sessions)
+        )

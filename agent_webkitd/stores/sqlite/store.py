@@ -1,0 +1,524 @@
+"""The embedded store, the default: every session, its events and its CLI transcripts in
+one SQLite file, so a single host keeps its conversations across restarts, SIGKILL and
+power loss with no server to run. One file is the whole backup.
+
+Writes are grouped: one writer task takes everything pending (events of every session,
+session changes, transcript entries the SDK mirrors) and commits it in one transaction,
+one fsync, on the database's writer thread. An event is published to subscribers only
+after that commit. While the disk refuses writes (full, read-only, failing), everything
+waits in memory and is retried; nothing is published meanwhile, past `max_pending_events`
+the CLIs are paused, and /readyz and new sessions answer 503.
+
+Start-up loads every open session (the Supervisor makes each a hibernated session, DESIGN
+§10); one idle past `idle_timeout_s`, counted from its stored last activity, is closed
+instead. There are no other hosts: nothing is claimed or handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from claude_agent_sdk.types import SessionKey, SessionStoreEntry
+
+from ...artefacts.versions import Artefact, StoredVersion, Version
+from ...config import StoreConfig
+from ...sessions.eventlog import stored_frame
+from ..base import ClaimedSession
+from ..transcript_keys import fold_summary, subpath_of, uuid_of
+from .db import Database, connect, migrate, transaction
+
+if TYPE_CHECKING:
+    from ...sessions.eventlog import EventLog
+    from .transcripts import SqliteSessionStore
+
+log = structlog.get_logger(__name__)
+
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+STOP_FLUSH_S = 5.0
+CHECK_TIMEOUT_S = 2.0
+SETTLED_STATES = ("idle", "hibernated", "closed")
+
+
+@dataclass
+class _ArtefactWrite:
+    """Save one version (`record`), or delete an artefact (`record` None)."""
+
+    session_id: str
+    artefact_id: str
+    record: StoredVersion | None
+    done: asyncio.Future[None]
+
+
+@dataclass
+class _Batch:
+    """What one commit stores."""
+
+    events: list[tuple[EventLog, int, str, str]] = field(default_factory=list)
+    meta: dict[str, dict[str, str]] = field(default_factory=dict)  # sdk_session_id, spec
+    closes: dict[str, str] = field(default_factory=dict)  # session id -> reason
+    releases: dict[str, float] = field(default_factory=dict)  # session id -> last active
+    transcripts: list[tuple[SessionKey, list[SessionStoreEntry], asyncio.Future[None]]] = field(
+        default_factory=list
+    )
+    artefacts: list[_ArtefactWrite] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.events
+            or self.meta
+            or self.closes
+            or self.releases
+            or self.transcripts
+            or self.artefacts
+        )
+
+    def put_back(self, later: _Batch) -> None:
+        """Keep this failed batch in front of what arrived since (`later`), in order."""
+        later.events[:0] = self.events
+        for session_id, fields in self.meta.items():
+            later.meta[session_id] = {**fields, **later.meta.get(session_id, {})}
+        later.closes = {**self.closes, **later.closes}
+        later.releases = {**self.releases, **later.releases}
+        later.transcripts[:0] = self.transcripts
+        later.artefacts[:0] = self.artefacts
+
+    def written(self) -> list[asyncio.Future[None]]:
+        """What waits for this batch's commit."""
+        return [done for _, _, done in self.transcripts] + [a.done for a in self.artefacts]
+
+
+class SqliteStore:
+    durable = True
+    shared = False
+
+    def __init__(self, config: StoreConfig, path: Path) -> None:
+        self.config = config
+        self.db = Database(path)
+        self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        self._pending = _Batch()
+        self._work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()  # nothing waiting to be committed
+        self._idle.set()
+        self.healthy = True
+        self._writer_task: asyncio.Task[None] | None = None
+        self._transcripts: SqliteSessionStore | None = None
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        applied = await self.db.open()
+        if applied:
+            log.info("schema_migrated", versions=applied)
+        log.info("store_started", backend="sqlite", path=str(self.db.path))
+        self._writer_task = asyncio.create_task(self._writer(), name="sqlite-writer")
+
+    async def stop(self) -> None:
+        """Commit what is pending (bounded), then close the file and release its lock."""
+        try:
+            async with asyncio.timeout(STOP_FLUSH_S):
+                await self._idle.wait()
+        except TimeoutError:
+            log.error("store_stop_unflushed", pending_events=len(self._pending.events))
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+        await self.db.close()
+
+    async def check(self) -> None:
+        """Raise unless a write reaches the disk now (a full or read-only disk fails)."""
+        if not self.healthy:
+            raise RuntimeError("events are waiting: the database file cannot be written")
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await self.db.write(
+                lambda conn: conn.execute(
+                    "INSERT OR REPLACE INTO awk_meta (key, value) VALUES ('ready_probe', ?)",
+                    (str(time.time()),),
+                )
+            )
+
+    def sdk_session_store(self) -> SqliteSessionStore:
+        if self._transcripts is None:
+            from .transcripts import SqliteSessionStore
+
+            self._transcripts = SqliteSessionStore(self)
+        return self._transcripts
+
+    # -- what sessions hand in ----------------------------------------------------------
+
+    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
+        self._pending.events.append((log, seq, name, text))
+        self._wake_writer()
+        if len(self._pending.events) >= self.config.max_pending_events:
+            self._room.clear()
+
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
+        self._pending.meta.setdefault(session_id, {})["sdk_session_id"] = sdk_session_id
+        self._wake_writer()
+
+    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
+        self._pending.meta.setdefault(session_id, {})["spec"] = json.dumps(spec)
+        self._wake_writer()
+
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
+        now = time.time()
+        await self.db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO awk_sessions (id, spec, created_at, last_active) VALUES (?, ?, ?, ?)",
+                (session_id, json.dumps(spec), now, now),
+            )
+        )
+
+    async def session_closed(self, session_id: str, reason: str) -> None:
+        """Closed for good once its last events are committed (same transaction)."""
+        self._pending.closes[session_id] = reason
+        self._wake_writer()
+
+    async def release(self, session_id: str, last_active: float) -> None:
+        """Shutdown: the session stays open for the next start, with its last activity."""
+        self._pending.releases[session_id] = last_active
+        self._wake_writer()
+
+    async def append_transcript(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """The SDK's transcript mirror: committed with the next burst of events."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.transcripts.append((key, entries, done))
+        self._wake_writer()
+        await done
+
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        """Committed with the event that announces it (appended just before)."""
+        await self._write_artefact(session_id, record.artefact_id, record)
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        await self._write_artefact(session_id, artefact_id, None)
+
+    async def _write_artefact(
+        self, session_id: str, artefact_id: str, record: StoredVersion | None
+    ) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.artefacts.append(_ArtefactWrite(session_id, artefact_id, record, done))
+        self._wake_writer()
+        await done
+
+    def _wake_writer(self) -> None:
+        self._idle.clear()
+        self._work.set()
+
+    # -- the writer ---------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            batch, self._pending = self._pending, _Batch()
+            if not batch:
+                self._idle.set()
+                continue
+            try:
+                await self.db.write(functools.partial(_commit, batch=batch, now=time.time()))
+            except sqlite3.Error as exc:  # full, read-only or failing disk: keep and retry
+                batch.put_back(self._pending)
+                if self.healthy:
+                    log.error("store_commit_failed", error=str(exc), pending=len(batch.events))
+                self.healthy = False
+                self._work.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if not self.healthy:
+                log.info("store_recovered", committed_events=len(batch.events))
+            self.healthy = True
+            delay = RETRY_MIN_S
+            newest: dict[EventLog, int] = {}
+            for event_log, seq, _, _ in batch.events:
+                newest[event_log] = seq
+            for event_log, seq in newest.items():
+                event_log.publish(seq)
+            for done in batch.written():
+                if not done.done():
+                    done.set_result(None)
+            if len(self._pending.events) < self.config.max_pending_events:
+                self._room.set()
+            if not self._pending:
+                self._idle.set()
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT seq, name, data FROM awk_events"
+                " WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (session_id, after, until, limit),
+            ).fetchall()
+        )
+        return [stored_frame(seq, name, data) for seq, name, data in rows]
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT content FROM awk_artefact_versions"
+                " WHERE session_id = ? AND artefact_id = ? AND version = ?",
+                (session_id, artefact_id, version),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM awk_transcripts"
+                " WHERE project_key = ? AND session_id = ? AND subpath = ''",
+                (project_key, sdk_session_id),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+        """Start-up: every open session, to be hibernated here; those idle past
+        `idle_timeout_s` (from their stored last activity) are closed instead."""
+        now = time.time()
+        closed = await self.db.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE awk_sessions SET state = 'closed', close_reason = 'idle', closed_at = ?"
+                    " WHERE state = 'open' AND last_active < ?",
+                    (now, now - idle_timeout_s),
+                ).rowcount
+            )
+        )
+        if closed:
+            log.info("sessions_idled_out_while_down", sessions=closed)
+        return await self.db.read(functools.partial(_load_open, ring_size=ring_size, now=now))
+
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
+        return None  # one host: every open session was loaded at start-up
+
+
+def _commit(conn: sqlite3.Connection, *, batch: _Batch, now: float) -> None:
+    """Store one batch (runs inside a transaction on the writer thread)."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO awk_events (session_id, seq, name, data) VALUES (?, ?, ?, ?)",
+        [(event_log.session_id, seq, name, text) for event_log, seq, name, text in batch.events],
+    )
+    last_seq: dict[str, int] = {}
+    last_state: dict[str, str] = {}
+    for event_log, seq, name, text in batch.events:
+        last_seq[event_log.session_id] = seq
+        if name == "session_state":
+            last_state[event_log.session_id] = json.loads(text).get("state")
+    touched = set(last_seq) | set(batch.meta)
+    conn.executemany(
+        "UPDATE awk_sessions SET last_seq = max(last_seq, coalesce(?, 0)),"
+        " last_state = coalesce(?, last_state), last_active = coalesce(?, last_active),"
+        " sdk_session_id = coalesce(?, sdk_session_id), spec = coalesce(?, spec) WHERE id = ?",
+        [
+            (
+                last_seq.get(s),
+                last_state.get(s),
+                now if s in last_seq else None,
+                batch.meta.get(s, {}).get("sdk_session_id"),
+                batch.meta.get(s, {}).get("spec"),
+                s,
+            )
+            for s in touched
+        ],
+    )
+    conn.executemany(
+        "UPDATE awk_sessions SET last_active = ? WHERE id = ?",
+        [(last_active, s) for s, last_active in batch.releases.items()],
+    )
+    conn.executemany(
+        "UPDATE awk_sessions SET state = 'closed', close_reason = ?, closed_at = ? WHERE id = ?",
+        [(reason, now, s) for s, reason in batch.closes.items()],
+    )
+    for key, entries, _ in batch.transcripts:
+        _append_transcript(conn, key, entries, int(now * 1000))
+    for write in batch.artefacts:
+        _write_artefact(conn, write)
+
+
+def _write_artefact(conn: sqlite3.Connection, write: _ArtefactWrite) -> None:
+    """In order: a retried batch finds its own rows already there and skips them."""
+    record = write.record
+    if record is None:  # its versions go with it (ON DELETE CASCADE)
+        conn.execute(
+            "DELETE FROM awk_artefacts WHERE session_id = ? AND artefact_id = ?",
+            (write.session_id, write.artefact_id),
+        )
+        return
+    if record.version.version == 1:
+        conn.execute(
+            "INSERT OR IGNORE INTO awk_artefacts"
+            " (session_id, artefact_id, title, kind, language, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                write.session_id,
+                record.artefact_id,
+                record.title,
+                record.kind,
+                record.language,
+                record.artefact_created_at,
+            ),
+        )
+    version = record.version
+    conn.execute(
+        "INSERT OR IGNORE INTO awk_artefact_versions"
+        " (session_id, artefact_id, version, content, summary, bytes, created_at)"
+        " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM awk_artefacts"
+        "  WHERE session_id = ? AND artefact_id = ?)",  # not for one deleted meanwhile
+        (
+            write.session_id,
+            record.artefact_id,
+            version.version,
+            record.content,
+            version.summary,
+            version.bytes,
+            version.created_at,
+            write.session_id,
+            record.artefact_id,
+        ),
+    )
+
+
+def _append_transcript(
+    conn: sqlite3.Connection, key: SessionKey, entries: list[SessionStoreEntry], now_ms: int
+) -> None:
+    """Entries in append order; a uuid already stored for the transcript is skipped, and
+    the main transcript's summary folds in exactly what was added."""
+    subpath = subpath_of(key)
+    row = conn.execute(
+        "SELECT id, mtime, summary FROM awk_transcripts"
+        " WHERE project_key = ? AND session_id = ? AND subpath = ?",
+        (key["project_key"], key["session_id"], subpath),
+    ).fetchone()
+    if row is None:
+        transcript_id = conn.execute(
+            "INSERT INTO awk_transcripts (project_key, session_id, subpath, mtime) VALUES (?, ?, ?, ?)",
+            (key["project_key"], key["session_id"], subpath, now_ms),
+        ).lastrowid
+        mtime, stored = now_ms, None
+    else:
+        transcript_id, previous, stored = row
+        mtime = max(now_ms, previous + 1)  # never backwards, even if the clock is
+        conn.execute("UPDATE awk_transcripts SET mtime = ? WHERE id = ?", (mtime, transcript_id))
+    added = [
+        entry
+        for entry in entries
+        if conn.execute(
+            "INSERT OR IGNORE INTO awk_transcript_entries (transcript_id, uuid, entry) VALUES (?, ?, ?)",
+            (transcript_id, uuid_of(entry), json.dumps(entry)),
+        ).rowcount
+    ]
+    if not subpath:
+        conn.execute(
+            "UPDATE awk_transcripts SET summary = ? WHERE id = ?",
+            (fold_summary(key, mtime, stored, added), transcript_id),
+        )
+
+
+def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[ClaimedSession]:
+    sessions = []
+    for session_id, spec, sdk_id, last_seq, last_state, created_at, last_active in conn.execute(
+        "SELECT id, spec, sdk_session_id, last_seq, last_state, created_at, last_active"
+        " FROM awk_sessions WHERE state = 'open' ORDER BY created_at"
+    ).fetchall():
+        if last_state in SETTLED_STATES:  # its last result is enough (the cost so far)
+            query = (
+                "SELECT name, data FROM (SELECT seq, name, data FROM awk_events"
+                " WHERE session_id = ? AND name = 'result' AND seq > ? ORDER BY seq DESC LIMIT 1)"
+            )
+        else:  # cut off mid-turn: its decisions and its turn are settled from its events
+            query = (
+                "SELECT name, data FROM awk_events WHERE session_id = ? AND seq > ? ORDER BY seq"
+            )
+        events = [
+            (name, json.loads(data))
+            for name, data in conn.execute(query, (session_id, last_seq - ring_size))
+        ]
+        sessions.append(
+            ClaimedSession(
+                session_id=session_id,
+                spec=json.loads(spec),
+                sdk_session_id=sdk_id,
+                last_seq=last_seq,
+                events=events,
+                last_state=last_state,
+                created_at=created_at,
+                idle_s=max(0.0, now - last_active),
+                artefacts=_load_artefacts(conn, session_id),
+            )
+        )
+    return sessions
+
+
+def _load_artefacts(conn: sqlite3.Connection, session_id: str) -> list[Artefact]:
+    """A session's artefact index (no contents), oldest first."""
+    index: dict[str, Artefact] = {}
+    for artefact_id, title, kind, language, created_at, version, summary, size, at in conn.execute(
+        "SELECT a.artefact_id, a.title, a.kind, a.language, a.created_at,"
+        " v.version, v.summary, v.bytes, v.created_at"
+        " FROM awk_artefacts a JOIN awk_artefact_versions v USING (session_id, artefact_id)"
+        " WHERE a.session_id = ? ORDER BY a.created_at, a.artefact_id, v.version",
+        (session_id,),
+    ):
+        artefact = index.setdefault(
+            artefact_id, Artefact(artefact_id, title, kind, language, created_at)
+        )
+        artefact.versions.append(Version(version, summary, at, size))
+    return list(index.values())
+
+
+def migrate_file(path: Path) -> list[int]:
+    """`agent-webkitd migrate` on the embedded store's file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        return migrate(conn)
+    finally:
+        conn.close()
+
+
+def prune_file(path: Path, older_than_s: float) -> dict[str, int]:
+    """`agent-webkitd prune`: delete sessions closed longer ago than `older_than_s`, their
+    events and their transcripts. Safe while the daemon runs (SQLite locks the writes)."""
+
+    def prune(conn: sqlite3.Connection) -> dict[str, int]:
+        gone = conn.execute(
+            "SELECT id, sdk_session_id FROM awk_sessions WHERE state = 'closed' AND closed_at < ?",
+            (time.time() - older_than_s,),
+        ).fetchall()
+        conn.executemany("DELETE FROM awk_sessions WHERE id = ?", [(s,) for s, _ in gone])
+        # Events, transcript entries and subagent transcripts go with their rows (CASCADE).
+        transcripts = conn.executemany(
+            "DELETE FROM awk_transcripts WHERE session_id = ?", [(c,) for _, c in gone if c]
+        ).rowcount
+        return {"sessions": len(gone), "transcripts": max(transcripts, 0)}
+
+    conn = connect(path)
+    try:
+        migrate(conn)
+        return transaction(conn, prune)
+    finally:
+        conn.close()
