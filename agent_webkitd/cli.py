@@ -104,7 +104,7 @@ def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     dsn = store_dsn(config)
     if not dsn:
         raise ConfigError("no database: set store.dsn or DATABASE_URL")
-    from .stores.postgres.store import prune, run_migrations  # asyncpg only when it is used
+    from .stores.postgres.admin import prune, run_migrations  # asyncpg only when it is used
 
     if args.command == "migrate":
         return {"applied": asyncio.run(run_migrations(dsn))}

@@ -153,7 +153,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class GenuiConfig:
-    """Generative UI: operator-declared components the model can render (genui.py)."""
+    """Generative UI: operator-declared components the model can render (agents/genui.py)."""
 
     dir: str = ""  # a folder of JSON Schemas, one `<name>.json` per component; "" = off
 

@@ -45,7 +45,8 @@ from .identity.tickets import Tickets, ticket_key
 from .metrics import Metrics
 from .protocol.wire import PROTOCOL_VERSION
 from .sessions.supervisor import Supervisor
-from .stores.base import MemoryStore, Store
+from .stores.base import Store
+from .stores.memory import MemoryStore
 
 log = structlog.get_logger(__name__)
 FD_BASE = 128  # the listener, logs, the store's files or pool, the Python runtime
@@ -145,7 +146,7 @@ def read_transcripts_where_the_cli_writes(config: Config) -> None:
 
 
 async def serve(config: Config, secrets: Secrets, components: tuple[Component, ...] = ()) -> None:
-    """Run the daemon; `components` are the generative-UI components (genui.py), loaded
+    """Run the daemon; `components` are the generative-UI components (agents/genui.py), loaded
     and checked before the event loop starts."""
     # Phase 1: start up.
     watch_children_with_pidfd()

@@ -17,10 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from agent_webkitd.artefacts.versions import StoredVersion, Version
+from agent_webkitd.artefacts.model import StoredVersion, Version
 from agent_webkitd.config import StoreConfig
+from agent_webkitd.stores.postgres.admin import prune as pg_prune
 from agent_webkitd.stores.postgres.store import PostgresStore
-from agent_webkitd.stores.postgres.store import prune as pg_prune
 from agent_webkitd.stores.sqlite.store import SqliteStore, prune_file
 from tests.conftest import Daemon, api_for
 from tests.standin.fixtures import fake_model_url

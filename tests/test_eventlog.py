@@ -9,7 +9,7 @@ import pytest
 
 from agent_webkitd.sessions import eventlog
 from agent_webkitd.sessions.eventlog import CursorUnavailable, EventLog
-from agent_webkitd.stores.base import MemoryStore
+from agent_webkitd.stores.memory import MemoryStore
 
 
 def parse(frame: bytes) -> tuple[int, str, object]:

@@ -14,7 +14,7 @@ from agent_webkitd.http.routes import build_app
 from agent_webkitd.metrics import Metrics
 from agent_webkitd.protocol import openapi
 from agent_webkitd.sessions.supervisor import Supervisor
-from agent_webkitd.stores.base import MemoryStore
+from agent_webkitd.stores.memory import MemoryStore
 from tests.conftest import Daemon, api_for
 
 ROOT = Path(__file__).resolve().parent.parent

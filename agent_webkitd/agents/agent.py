@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from claude_agent_sdk import (
     ClaudeAgentOptions,
@@ -40,9 +40,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk._errors import MessageParseError
 
-if TYPE_CHECKING:
-    from ..sessions.session import Session
-    from .toolsets import Toolset
+from .toolsets import ToolHost, Toolset
 
 STDERR_TAIL_LINES = 40
 INTERRUPT_ON_STOP_TIMEOUT_S = 2.0
@@ -65,6 +63,19 @@ class AgentExit:
     exit_code: int | None
 
 
+class Host(ToolHost, Protocol):
+    """What an Agent needs of the session it serves (sessions/session.py): where the
+    CLI's messages and permission prompts go, and what the daemon's tools reach."""
+
+    logger: Any
+
+    async def on_agent_message(self, message: Any) -> None: ...
+
+    async def can_use_tool(
+        self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+    ) -> PermissionResult: ...
+
+
 class Agent:
     """One CLI process. It serves one session, named when it is built or, for a warm CLI
     started before its session exists, when it is handed over (`serve`): everything the
@@ -75,7 +86,7 @@ class Agent:
         options: ClaudeAgentOptions,
         toolsets: tuple[Toolset, ...],
         logger: Any,
-        session: Session | None = None,
+        session: Host | None = None,
     ) -> None:
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.marker = uuid.uuid4().hex
@@ -101,14 +112,14 @@ class Agent:
         self._interrupt_on_stop = False
         self._task: asyncio.Task[None] | None = None
 
-    async def serve(self, session: Session) -> None:
+    async def serve(self, session: Host) -> None:
         """Hand a warm CLI to its session (with anything it said while it waited)."""
         self._logger = session.logger
         while self._early:
             await session.on_agent_message(self._early.pop(0))
         self.session = session
 
-    def _served(self) -> Session:
+    def _served(self) -> Host:
         if self.session is None:  # the CLI has no turn before it is handed over
             raise RuntimeError("this agent serves no session yet")
         return self.session
@@ -118,7 +129,7 @@ class Agent:
     ) -> PermissionResult:
         if self.session is None:
             return PermissionResultDeny(message="this agent serves no session yet")
-        return await self.session.bridge.can_use_tool(tool_name, tool_input, context)
+        return await self.session.can_use_tool(tool_name, tool_input, context)
 
     async def start(self, timeout_s: float) -> float:
         """Start the process and connect; returns the seconds it took. Raises

@@ -1,4 +1,4 @@
-"""The `artefacts` MCP server: the model's tools for a session's artefacts (artefacts.py).
+"""The `artefacts` MCP server: the model's tools for a session's artefacts (artefacts/).
 
 `create_artefact`, `update_artefact`, `read_artefact` and `list_artefacts`, run in the
 daemon's process (the SDK's `create_sdk_mcp_server`) and allowed without a permission
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from claude_agent_sdk import SdkMcpTool, ToolAnnotations, create_sdk_mcp_server, tool
 
 from .. import __version__
-from ..artefacts.versions import KINDS, Artefact, ArtefactError, Artefacts
+from ..artefacts.model import KINDS, Artefact, ArtefactError
+from ..artefacts.versions import Artefacts
+from .toolsets import ToolHost
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import McpSdkServerConfig
 
-    from ..sessions.session import Session
 
 SERVER_NAME = "artefacts"
 Result = dict[str, Any]
@@ -74,7 +75,7 @@ class ArtefactTools:
 
     name = SERVER_NAME
 
-    def server(self, session: Callable[[], Session]) -> McpSdkServerConfig:
+    def server(self, session: Callable[[], ToolHost]) -> McpSdkServerConfig:
         return create_sdk_mcp_server(SERVER_NAME, __version__, tools(lambda: session().artefacts))
 
     def allowed_tools(self) -> list[str]:

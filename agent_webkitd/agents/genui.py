@@ -24,11 +24,11 @@ from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 
 from ..config import ConfigError, GenuiConfig
+from .toolsets import ToolHost
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import McpSdkServerConfig
 
-    from ..sessions.session import Session
 
 SERVER_NAME = "genui"
 RAW_PREFIX = "render_"
@@ -162,7 +162,7 @@ class GenuiToolset:
     def tools(self) -> list[SdkMcpTool[Any]]:
         return [_render_tool(c) for c in self.components]
 
-    def server(self, session: Callable[[], Session]) -> McpSdkServerConfig:
+    def server(self, session: Callable[[], ToolHost]) -> McpSdkServerConfig:
         return create_sdk_mcp_server(SERVER_NAME, tools=self.tools())
 
     def allowed_tools(self) -> list[str]:

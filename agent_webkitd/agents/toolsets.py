@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from claude_agent_sdk import CanUseToolShadowedWarning
 
+from ..artefacts.versions import Artefacts
+
 if TYPE_CHECKING:
     from claude_agent_sdk.types import McpSdkServerConfig
-
-    from ..sessions.session import Session
 
 
 # A toolset's allowed tools skip can_use_tool on purpose (no prompt for rendering or
@@ -27,10 +27,16 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", category=CanUseToolShadowedWarning)
 
 
+class ToolHost(Protocol):
+    """What a toolset's tools may reach of the session their CLI serves."""
+
+    artefacts: Artefacts
+
+
 class Toolset(Protocol):
     name: str  # the MCP server's name: its tools are mcp__<name>__<tool>
 
-    def server(self, session: Callable[[], Session]) -> McpSdkServerConfig:
+    def server(self, session: Callable[[], ToolHost]) -> McpSdkServerConfig:
         """A CLI's server (built when the CLI starts); `session()` is the session it
         serves at the time of a tool call."""
         ...

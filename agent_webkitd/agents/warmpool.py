@@ -2,7 +2,7 @@
 operator's defaults, so that POST /sessions hands one over at once instead of waiting
 for a CLI to start.
 
-A warm CLI holds an agent slot (agentslots.py) like any other, takes only a slot nobody
+A warm CLI holds an agent slot (slots.py) like any other, takes only a slot nobody
 else wants, and is the first to go when room is needed: it has never been used. One that
 exits while it waits is never handed out; it is replaced, after a pause that doubles
 with every failure in a row (a CLI that cannot start is not restarted in a tight loop).

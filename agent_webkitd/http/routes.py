@@ -25,6 +25,7 @@ from ..identity.principals import Principal
 from ..metrics import clean_subscriber_id
 from ..protocol import openapi, wire
 from ..sessions import history
+from ..sessions.inputs import handle_input
 from ..sessions.session import Session
 from ..sessions.supervisor import Supervisor
 from . import cors, sse
@@ -209,8 +210,11 @@ async def post_input(request: web.Request) -> web.StreamResponse:
     session = await find_session(request)
     message = wire.parse_inbound(await read_json(request, allow_empty=False))
     await asyncio.shield(
-        session.handle_input(
-            message, request.app[CONFIG].agent.allowed_permission_modes, subscriber_id(request)
+        handle_input(
+            session,
+            message,
+            request.app[CONFIG].agent.allowed_permission_modes,
+            subscriber_id(request),
         )
     )
     return web.Response(status=204)

@@ -13,7 +13,8 @@ import asyncio
 from aiohttp import web
 
 from ..errors import ApiError, bad_request
-from ..sessions.eventlog import CursorUnavailable, EventLog, encode_frame
+from ..protocol.frames import encode_frame
+from ..sessions.eventlog import CursorUnavailable, EventLog
 from ..stores.base import Store
 
 RETRY_MS = 2000

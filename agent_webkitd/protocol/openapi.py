@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from .. import __version__
-from ..artefacts.versions import KINDS
+from ..artefacts.model import KINDS
 from ..config import PERMISSION_MODES
 
 Schema = dict[str, Any]

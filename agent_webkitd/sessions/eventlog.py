@@ -31,13 +31,10 @@ session costs no ring. The log knows nothing about HTTP or the SDK.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from ..protocol.frames import encode_parts, join_frame
 from ..stores.base import Store
-
-_dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 WAKE_INTERVAL_S = 0.005
 # Publishes by the daemon, all sessions together: one per event with the memory store,
@@ -80,36 +77,6 @@ PACE = _Pace()
 
 class CursorUnavailable(Exception):
     """The requested position is no longer (or not yet) in the log."""
-
-
-def encode_parts(seq: int | None, name: str, data: dict[str, Any]) -> tuple[str, str]:
-    """The frame's head and its JSON text. Raises TypeError/ValueError if `data` is not
-    plain JSON. The text is what a durable store keeps, so a replayed frame is
-    byte-identical to the live one."""
-    text = _dumps_compact(data)
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
-        text = _dumps_ascii(data)
-    return _head(seq, name), text
-
-
-def _head(seq: int | None, name: str) -> str:
-    return f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
-
-
-def join_frame(head: str, text: str) -> bytes:
-    return (head + text + "\n\n").encode()
-
-
-def encode_frame(seq: int | None, name: str, data: dict[str, Any]) -> bytes:
-    """One SSE frame. Raises TypeError/ValueError if `data` is not plain JSON."""
-    return join_frame(*encode_parts(seq, name, data))
-
-
-def stored_frame(seq: int, name: str, text: str) -> bytes:
-    """The frame of an event read back from a durable store."""
-    return join_frame(_head(seq, name), text)
 
 
 class EventLog:

@@ -1,5 +1,5 @@
 """A Session: the conversation (event log, inbound queue, settings, Claude session id)
-and, while it has one, the CLI process serving it (an Agent, agent.py).
+and, while it has one, the CLI process serving it (an Agent, agents/agent.py).
 
 The CLI is a cache of the conversation. A session idle for `hibernate_after_s`
 hibernates: its CLI stops cleanly and its streams stay open. The next user message wakes
@@ -10,10 +10,11 @@ resumes the conversation up to the last completed turn; more than three such exi
 ten minutes close the session as a crash loop.
 
 One lifecycle task runs while the session has (or is getting) a CLI: wake, serve turns,
-stop; it loops while messages wait. Beside it a turn task sends queued user messages one
-at a time, each after the previous turn's `result`. Control inputs (interrupt, decisions,
-mode and model changes) bypass the queue and go to the CLI at once, or are remembered
-for the next wake.
+stop; it loops while messages wait. Beside it the turn task (turns.py) sends queued user
+messages one at a time, each after the previous turn's `result`. What each client input
+does is inputs.py: control inputs (interrupt, decisions, mode and model changes) bypass
+the queue and go to the CLI at once, or are remembered for the next wake. A session
+taken up from a store first settles what its last host left open (leftovers.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from claude_agent_sdk import ClaudeAgentOptions, project_key_for_directory
+from claude_agent_sdk import (
+    PermissionResult,
+    ToolPermissionContext,
+    project_key_for_directory,
+)
 
 from ..agents.agent import (
     Agent,
@@ -38,77 +42,15 @@ from ..agents.agent import (
     cli_transcript_exists,
 )
 from ..agents.slots import AgentSlots
-from ..agents.toolsets import Toolset
 from ..artefacts.versions import Artefacts
-from ..config import AgentConfig, ArtefactsConfig
-from ..errors import ApiError, unavailable
 from ..metrics import Metrics
 from ..protocol import wire
 from ..stores.base import ClaimedSession, Store
 from .bridge import Bridge
 from .eventlog import EventLog
-
-# Events that settle a permission_request or ask_user_question.
-DECISION_ENDINGS = (
-    "permission_resolved",
-    "question_resolved",
-    "permission_expired",
-    "permission_cancelled",
-)
-INTERRUPT_TIMEOUT_S = 5.0
-# States in which no turn was under way.
-SETTLED_STATES = ("idle", "hibernated", "closed")
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """What a session is built from: the operator's agent config plus the client's choices."""
-
-    agent: AgentConfig
-    owner: str  # the principal that created it (principals.py)
-    model: str | None
-    permission_mode: str
-    cwd: str | None
-    ring_size: int
-    inbound_queue_size: int
-    permission_timeout_s: float
-    max_message_bytes: int
-    max_image_bytes: int
-    include_partial_messages: bool  # message_delta events for this session
-    resume: str | None = None  # the Claude conversation this session continues
-    fork: bool = False  # ...on a branch of its own (until the CLI names the new one)
-    toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (toolsets.py)
-    artefact_limits: ArtefactsConfig = field(default_factory=ArtefactsConfig)
-    max_line_bytes: int | None = None  # the SDK's max_buffer_size (None: its default)
-
-    def cli_options(
-        self,
-        store: Store,
-        *,
-        model: str | None,
-        permission_mode: str,
-        resume: str | None = None,
-        fork: bool = False,
-    ) -> ClaudeAgentOptions:
-        """How a CLI for this spec starts (the Agent adds its callbacks and the toolsets)."""
-        agent = self.agent
-        transcripts = store.sdk_session_store()
-        return ClaudeAgentOptions(
-            # With a durable store the CLI mirrors its transcript there, so any host can
-            # resume the conversation; "eager" keeps a dying host's loss to the last moment
-            # ("batched" would lose a first turn cut short, and with it the conversation).
-            session_store=transcripts,
-            session_store_flush="eager" if transcripts else "batched",
-            resume=resume,
-            fork_session=fork,
-            cli_path=agent.cli_path or None,
-            model=model or None,
-            permission_mode=permission_mode,  # type: ignore[arg-type]
-            cwd=self.cwd or None,
-            include_partial_messages=self.include_partial_messages,
-            env=dict(agent.env),
-            max_buffer_size=self.max_line_bytes,
-        )
+from .leftovers import leftovers
+from .spec import SessionSpec
+from .turns import Turns
 
 
 class WakeFailed(Exception):
@@ -134,7 +76,7 @@ class Session:
         self.claimed = claimed
         self.log = EventLog(self.id, spec.ring_size, store, claimed.last_seq if claimed else 0)
         self.bridge = Bridge(
-            self.id, self.emit, self._emit_live_state, spec.permission_timeout_s, metrics
+            self.id, self.emit, self.show_live_state, spec.permission_timeout_s, metrics
         )
         # Part of the conversation, like its events: kept across wakes, restarts, failovers.
         self.artefacts = Artefacts(
@@ -161,23 +103,22 @@ class Session:
         self.close_reason: str | None = None
         self.owner = spec.owner
         self.logger = structlog.get_logger(__name__).bind(session_id=self.id, owner=spec.owner)
-        self._inbox: asyncio.Queue[wire.UserMessage] = asyncio.Queue(spec.inbound_queue_size)
+        self.turns = Turns(
+            spec.inbound_queue_size,
+            metrics,
+            self.logger,
+            on_change=self.show_live_state,
+            on_turn_end=self._turn_ended,
+        )
         self._agent: Agent | None = None  # the CLI serving turns
         self._starting: Agent | None = None  # a CLI being started
         self._lifecycle: asyncio.Task[None] | None = None
-        self._turns: asyncio.Task[None] | None = None
-        self._turn_done = asyncio.Event()
-        self._in_turn = False
-        self._cancelling = False
+        self._turn_task: asyncio.Task[None] | None = None  # Turns.serve on the CLI
         self._hibernating = False  # this CLI is stopping to hibernate
         self._closing = False
         self._closed = False
         self._release = False  # closing hands the session to another host instead
         self._exits = RestartIntensity()
-        self._last_output = time.monotonic()  # the CLI's last message (the turn watchdog)
-        self._stalled_since: float | None = None  # interrupted for silence at this time
-        self._stall_killed = False
-        self._chores: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -220,22 +161,12 @@ class Session:
         """The host that died may have left a turn running and decisions open: their CLI
         is gone, so withdraw each decision and end the turn, in the stream, for everyone.
         The session then sleeps here until its next message wakes it."""
-        pending: dict[str, None] = {}
-        state = "idle"
-        for name, data in claimed.events:
-            if name in ("permission_request", "ask_user_question"):
-                pending[data.get("correlation_id", "")] = None
-            elif name in DECISION_ENDINGS:
-                pending.pop(data.get("correlation_id", ""), None)
-            elif name == "session_state":
-                state = data.get("state", state)
-            elif name == "result" and isinstance(data.get("total_cost_usd"), int | float):
-                self.bridge.restore_cost(data["total_cost_usd"])
-        state = claimed.last_state or state
-        for correlation_id in pending:
+        left = leftovers(claimed)
+        if left.total_cost_usd is not None:
+            self.bridge.restore_cost(left.total_cost_usd)
+        for correlation_id in left.open_decisions:
             self.emit("permission_cancelled", {"correlation_id": correlation_id})
-        turn_lost = state not in SETTLED_STATES
-        if turn_lost:
+        if left.turn_lost:
             self.emit(
                 "error",
                 {
@@ -244,14 +175,14 @@ class Session:
                     " The conversation up to the last completed turn is kept: send the message again",
                 },
             )
-        self.state = state
+        self.state = left.state
         self._set_state("hibernated")
         self.last_activity = self.last_used = time.monotonic() - claimed.idle_s
         self.logger.info(
             "session_claimed",
             last_seq=claimed.last_seq,
-            turn_lost=turn_lost,
-            decisions_withdrawn=len(pending),
+            turn_lost=left.turn_lost,
+            decisions_withdrawn=len(left.open_decisions),
             resumed=claimed.sdk_session_id is not None,
         )
 
@@ -269,7 +200,7 @@ class Session:
             return
         agent = self._agent or self._starting
         if agent is not None:
-            agent.stop(interrupt=self._in_turn)
+            agent.stop(interrupt=self.turns.running)
         else:  # waiting for a slot: nothing to stop yet
             task.cancel()
         await asyncio.wait({task})
@@ -307,7 +238,7 @@ class Session:
                         break
                 await self._serve(agent)
                 agent = None
-                if self._inbox.empty():
+                if not self.turns.waiting:
                     break
         finally:
             self._lifecycle = None
@@ -332,13 +263,11 @@ class Session:
         wake_s = time.monotonic() - started
         self.metrics.wakes.inc({"outcome": "ok"})
         self.metrics.wake_seconds.observe({}, wake_s)
-        self.logger.info("session_woken", wake_s=round(wake_s, 3), queued=self._inbox.qsize())
+        self.logger.info("session_woken", wake_s=round(wake_s, 3), queued=self.turns.waiting)
         return agent
 
     def _wake_failed(self, exc: Exception) -> None:
-        unsent = self._inbox.qsize()
-        while not self._inbox.empty():
-            self._inbox.get_nowait()
+        unsent = self.turns.discard_waiting()
         tail = getattr(exc, "stderr_tail", "")
         message = (
             f"the conversation could not be resumed: {exc}"
@@ -384,11 +313,11 @@ class Session:
     async def _serve(self, agent: Agent) -> None:
         """Run turns on this CLI until it stops (hibernation, close) or exits."""
         self._agent = agent
-        self._turns = asyncio.create_task(self._serve_turns(agent), name=f"turns-{self.id}")
-        if self._inbox.empty():  # else a woken session goes from waking to running
-            self._emit_live_state()
+        self._turn_task = asyncio.create_task(self.turns.serve(agent), name=f"turns-{self.id}")
+        if not self.turns.waiting:  # else a woken session goes from waking to running
+            self.show_live_state()
         exit_ = await agent.exited
-        if exit_ is not None and self._stall_killed:
+        if exit_ is not None and self.turns.stall_killed:
             exit_ = AgentExit(
                 "turn_stalled",
                 "the agent sent nothing for too long; it was interrupted, then killed"
@@ -397,14 +326,12 @@ class Session:
             )
         if exit_ is not None:  # reported before the decisions it takes with it
             self.emit("error", {"code": exit_.code, "message": exit_.message})
-        self._turns.cancel()
-        await asyncio.gather(self._turns, return_exceptions=True)
+        self._turn_task.cancel()
+        await asyncio.gather(self._turn_task, return_exceptions=True)
         await agent.closed()  # the process is reaped; its callbacks are cancelled
-        self._agent = self._turns = None
+        self._agent = self._turn_task = None
         self._slots.release(self)
-        aborted_turn = self._in_turn
-        self._in_turn = self._cancelling = self._stall_killed = False
-        self._stalled_since = None
+        aborted_turn = self.turns.reset()
         self.bridge.process_ended()
         if exit_ is not None:
             self._agent_exited(exit_, aborted_turn)
@@ -468,7 +395,7 @@ class Session:
         agent = self._agent
         return (
             agent is not None
-            and self._turns is not None
+            and self._turn_task is not None
             and not agent.stopping
             and not self.busy
             and not self.bridge.decisions.pending
@@ -484,10 +411,10 @@ class Session:
         """Stop the CLI; the streams stay open. False if it is not idle."""
         if not self.can_hibernate():
             return False
-        assert self._agent is not None and self._turns is not None
+        assert self._agent is not None and self._turn_task is not None
         # The turn task waits for the queue: stop it now, so a message that arrives
         # while the CLI stops waits for the next wake instead of going to this CLI.
-        self._turns.cancel()
+        self._turn_task.cancel()
         self._hibernating = True
         self._agent.stop()
         return True
@@ -497,41 +424,15 @@ class Session:
         return time.monotonic() - self.last_used if self.can_hibernate() else 0.0
 
     def watch_turn(self, silence_limit_s: float, kill_grace_s: float) -> None:
-        """The turn watchdog (called by the Supervisor's sweep): a turn whose CLI has sent
-        nothing for `silence_limit_s` (not waiting for a person) is interrupted; if that
-        does not end it within `kill_grace_s`, the CLI is killed (`error turn_stalled`)."""
+        """The turn watchdog (called by the Supervisor's sweep), while no person is asked."""
         agent = self._agent
-        if agent is None or not self._in_turn or self.bridge.decisions.pending:
-            return
-        now = time.monotonic()
-        if self._stalled_since is None:
-            if now - self._last_output >= silence_limit_s:
-                self._stalled_since = now
-                self.logger.warning("turn_stalled", silent_s=round(now - self._last_output, 1))
-                self._cancelling = True
-                self._emit_live_state()
-                self._background(self._interrupt_quietly(agent))
-        elif now - self._stalled_since >= kill_grace_s and not agent.stopping:
-            self._stall_killed = True
-            self.logger.error("turn_stalled_kill", grace_s=kill_grace_s)
-            self._background(agent.kill())
-
-    async def _interrupt_quietly(self, agent: Agent) -> None:
-        try:
-            async with asyncio.timeout(INTERRUPT_TIMEOUT_S):
-                await agent.client.interrupt()
-        except Exception as exc:  # a hung CLI does not answer; the kill follows
-            self.logger.warning("stall_interrupt_failed", error=str(exc))
-
-    def _background(self, work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
+        if agent is not None and not self.bridge.decisions.pending:
+            self.turns.watch(agent, silence_limit_s, kill_grace_s)
 
     @property
     def busy(self) -> bool:
         """A turn is running or waiting in the queue."""
-        return self._in_turn or not self._inbox.empty()
+        return self.turns.busy
 
     # -- activity, for idle eviction ------------------------------------------------------
 
@@ -585,14 +486,19 @@ class Session:
 
     # -- turns ------------------------------------------------------------------------
 
+    async def can_use_tool(
+        self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+    ) -> PermissionResult:
+        """The CLI asks before running a tool: a pending decision (bridge.py)."""
+        return await self.bridge.can_use_tool(tool_name, tool_input, context)
+
     async def on_agent_message(self, message: Any) -> None:
         """One SDK message from the CLI."""
-        self._last_output = time.monotonic()
-        self._stalled_since = None
+        self.turns.heard()
         if self.store.full:  # a database that lags pauses the CLI
             await self.store.room()
         if self.bridge.handle(message):
-            self._turn_done.set()
+            self.turns.ended()
         claude_session_id = self.bridge.claude_session_id
         if claude_session_id and claude_session_id != self.claude_session_id:
             self.claude_session_id = claude_session_id  # a resume may change it
@@ -600,97 +506,28 @@ class Session:
             self.store.note_sdk_session(self.id, claude_session_id)
             self.store.note_spec(self.id, self.spec_record())
 
-    async def _serve_turns(self, agent: Agent) -> None:
-        while True:
-            message = await self._inbox.get()
-            self._turn_done.clear()
-            self._in_turn = True
-            self._last_output = time.monotonic()
-            self._emit_live_state()
-            started = time.monotonic()
-            try:
-                await agent.client.query(_prompt(message.content))
-            except Exception as exc:  # the CLI is gone; its exit is reported
-                self.logger.warning("query_failed", error=str(exc))
-                return
-            await self._turn_done.wait()
-            self.metrics.turn_duration.observe({}, time.monotonic() - started)
-            self._in_turn = False
-            self._cancelling = False
-            self.use()
-            if self._inbox.empty():
-                self._emit_live_state()
-                self._slots.offer()  # a wake waiting for a CLI may have this one
-
-    # -- inputs -----------------------------------------------------------------------
-
-    async def handle_input(
-        self, message: wire.Inbound, allowed_modes: tuple[str, ...], subscriber: str | None
-    ) -> None:
-        if self.closed:
-            raise ApiError(404, "not_found", f"session {self.id!r} is closed")
+    def _turn_ended(self) -> None:
         self.use()
-        agent = self._agent
-        match message:
-            case wire.UserMessage(content=content):
-                self._check_size(content)
-                try:
-                    self._inbox.put_nowait(message)
-                except asyncio.QueueFull:
-                    self.metrics.limit_rejections.inc({"limit": "inbound_queue"})
-                    raise unavailable(
-                        "backpressure", "too many queued messages for this session; retry later", 2
-                    ) from None
-                # Every tab, and a page reloaded later, sees what was typed, before the
-                # turn it starts (queued messages run after the current turn's result).
-                self.emit("user_message", {"content": content})
-                if self._lifecycle is None:  # hibernated: wake up
-                    self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
-            case wire.PermissionResponse(updated_permissions=updates):
-                for update in updates or ():  # a setMode rule obeys the operator's policy too
-                    if update.type == "setMode" and update.mode is not None:
-                        wire.check_mode_allowed(update.mode, allowed_modes)
-                self.bridge.reply(message, subscriber)
-            case wire.QuestionResponse():
-                self.bridge.reply(message, subscriber)
-            case wire.SetPermissionMode(mode=mode):
-                wire.check_mode_allowed(mode, allowed_modes)
-                if agent is not None:
-                    await _control(agent.client.set_permission_mode(mode))  # type: ignore[arg-type]
-                self.permission_mode = mode  # without a CLI: for the next wake
-                self.store.note_spec(self.id, self.spec_record())
-            case wire.SetModel(model=model):
-                if agent is not None:
-                    await _control(agent.client.set_model(model))
-                self.model = model
-                self.store.note_spec(self.id, self.spec_record())
-            case wire.StopTask(task_id=task_id):
-                if agent is not None:
-                    await _control(agent.client.stop_task(task_id))
-            case wire.Interrupt():
-                if self._in_turn and agent is not None:
-                    self._cancelling = True
-                    self._emit_live_state()
-                    await _control(agent.client.interrupt())
+        if not self.turns.waiting:
+            self.show_live_state()
+            self._slots.offer()  # a wake waiting for a CLI may have this one
 
-    def _check_size(self, content: str | list[dict[str, Any]]) -> None:
-        """413 for a user message whose text or any image is over the session's limits."""
-        text, images = wire.content_sizes(content)
-        spec = self.spec
-        if text > spec.max_message_bytes:
-            self.metrics.limit_rejections.inc({"limit": "message_bytes"})
-            raise ApiError(
-                413,
-                "message_too_large",
-                f"the message's text is {text} bytes; at most {spec.max_message_bytes} are taken",
-            )
-        if images and max(images) > spec.max_image_bytes:
-            self.metrics.limit_rejections.inc({"limit": "image_bytes"})
-            raise ApiError(
-                413,
-                "image_too_large",
-                f"an image is {max(images)} bytes; at most {spec.max_image_bytes} are taken",
-            )
+    # -- what a client's input does (inputs.py) ----------------------------------------
+
+    @property
+    def agent(self) -> Agent | None:
+        """The CLI serving turns now, if any."""
+        return self._agent
+
+    def wake(self) -> None:
+        """A message waits: wake the CLI if the session is hibernated."""
+        if self._lifecycle is None:
+            self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
+
+    def settings_changed(self, model: str | None, permission_mode: str) -> None:
+        """The model and permission mode the CLI now has, kept for the next wake too."""
+        self.model, self.permission_mode = model, permission_mode
+        self.store.note_spec(self.id, self.spec_record())
 
     def spec_record(self) -> dict[str, Any]:
         """What the store keeps of the session's settings (another host wakes it with them)."""
@@ -718,38 +555,16 @@ class Session:
             self.state = state
             self.emit("session_state", {"state": state})
 
-    def _emit_live_state(self) -> None:
+    def show_live_state(self) -> None:
         """The state of a session with a CLI, from its turn and decisions."""
         if self._agent is None or self._closing:
             return
-        if not self._in_turn:
+        if not self.turns.running:
             state = "idle"
-        elif self._cancelling:
+        elif self.turns.cancelling:
             state = "cancelling"
         elif self.bridge.decisions.pending:
             state = "awaiting_decision"
         else:
             state = "running"
         self._set_state(state)
-
-
-async def _control(request: Awaitable[None]) -> None:
-    """Send a control request to the CLI; its failure is the agent's, not the client's."""
-    try:
-        await request
-    except Exception as exc:
-        raise ApiError(502, "agent_error", f"the agent did not accept the request: {exc}") from exc
-
-
-def _prompt(content: str | list[dict[str, Any]]) -> str | AsyncIterator[dict[str, Any]]:
-    if isinstance(content, str):
-        return content
-
-    async def one_message() -> AsyncIterator[dict[str, Any]]:
-        yield {
-            "type": "user",
-            "message": {"role": "user", "content": content},
-            "parent_tool_use_id": None,
-        }
-
-    return one_message()

@@ -19,14 +19,15 @@ from ..agents.agent import Agent, AgentStartFailed
 from ..agents.slots import AgentSlots
 from ..agents.toolsets import Toolset
 from ..agents.warmpool import WarmPool
-from ..artefacts.versions import cli_line_bytes
+from ..artefacts.model import cli_line_bytes
 from ..config import Config
 from ..errors import ApiError, bad_request, not_found, unavailable
 from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
 from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
-from .session import Session, SessionSpec, WakeFailed
+from .session import Session, WakeFailed
+from .spec import SessionSpec
 
 log = structlog.get_logger(__name__)
 

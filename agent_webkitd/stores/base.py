@@ -4,12 +4,12 @@ Supervisor/EventLog and durable storage.
 The memory store keeps nothing beyond each session's ring (the ring is the store): it
 publishes every event at once, a cursor older than the ring gets 412, and a session
 dies with its process. Transcripts are then the CLI's own files under its config dir.
-The embedded store (sqlitestore.py, the default) and the Postgres store (pgstore.py) are
+The embedded store (sqlite/, the default) and the Postgres store (postgres/) are
 `durable`: they commit events before publishing them, replay from disk, and keep a
 session across a restart (released at shutdown, loaded as hibernated at start-up). The
 Postgres store is also `shared`: another host may claim a session whose owner is gone.
 
-Each backend also keeps every version of every artefact (artefacts.py): the memory store
+Each backend also keeps every version of every artefact (artefacts/): the memory store
 until the session closes, the durable ones in the same commit as the event announcing it.
 """
 
@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..artefacts.model import Artefact
+from ..artefacts.versions import ArtefactStore
+
 if TYPE_CHECKING:
     from claude_agent_sdk.types import SessionStore
-
-    from ..artefacts.versions import Artefact, StoredVersion
-    from ..sessions.eventlog import EventLog
 
 
 @dataclass
@@ -48,7 +48,16 @@ class SessionOwnedElsewhere(Exception):
         self.advertise_url = advertise_url
 
 
-class Store(Protocol):
+class Publisher(Protocol):
+    """What a store needs of a session's event log: to publish up to a seq once the
+    events are durable (the EventLog, sessions/eventlog.py)."""
+
+    session_id: str
+
+    def publish(self, seq: int) -> None: ...
+
+
+class Store(ArtefactStore, Protocol):
     durable: bool  # events outlive the process: replay from the store, release at shutdown
     shared: bool  # other hosts use the same store and may claim a session
     healthy: bool  # False while events wait for the store (database down, disk full)
@@ -59,7 +68,7 @@ class Store(Protocol):
 
     async def stop(self) -> None: ...
 
-    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
+    def append(self, log: Publisher, seq: int, name: str, text: str) -> None:
         """Record one event (`text` is its JSON) and publish it on the log once durable."""
         ...
 
@@ -116,91 +125,5 @@ class Store(Protocol):
 
     def sdk_session_store(self) -> SessionStore | None: ...
 
-    # Artefacts (artefacts.py): every version's content. The index comes back with the
-    # session (ClaimedSession.artefacts).
-
-    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
-        """Store one version (and, with version 1, the artefact); return once it is
-        durable. Committed with the events appended before it."""
-        ...
-
-    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
-        """Delete an artefact with every version; return once that is durable."""
-        ...
-
-    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
-        """One version's content (None if there is no such version)."""
-        ...
-
-
-class MemoryStore:
-    """Nothing survives the process; the ring is all the history there is."""
-
-    durable = False
-    shared = False
-    healthy = True
-    full = False
-
-    def __init__(self) -> None:
-        self.on_session_lost: Callable[[str], None] = lambda session_id: None
-        # Artefact contents by session, then by (artefact id, version); gone with the session.
-        self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
-        log.publish(seq)
-
-    async def room(self) -> None:
-        pass
-
-    async def check(self) -> None:
-        pass
-
-    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
-        return []
-
-    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
-        pass
-
-    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
-        pass
-
-    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
-        pass
-
-    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
-        return False  # the CLI keeps its own files
-
-    async def session_closed(self, session_id: str, reason: str) -> None:
-        self._artefacts.pop(session_id, None)
-
-    async def release(self, session_id: str, last_active: float) -> None:
-        pass
-
-    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
-        return []
-
-    async def claim(
-        self, session_id: str, ring_size: int, principal: str | None
-    ) -> ClaimedSession | None:
-        return None
-
-    def sdk_session_store(self) -> SessionStore | None:
-        return None
-
-    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
-        contents = self._artefacts.setdefault(session_id, {})
-        contents[(record.artefact_id, record.version.version)] = record.content
-
-    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
-        contents = self._artefacts.get(session_id, {})
-        for key in [k for k in contents if k[0] == artefact_id]:
-            del contents[key]
-
-    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
-        return self._artefacts.get(session_id, {}).get((artefact_id, version))
+    # Artefacts (artefacts/versions.py, ArtefactStore): every version's content. The index
+    # comes back with the session (ClaimedSession.artefacts).

@@ -29,28 +29,23 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 
-from ...artefacts.versions import Artefact, StoredVersion, Version
+from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig, is_loopback
-from ...sessions.eventlog import stored_frame
+from ...protocol.frames import stored_frame
 from ..base import ClaimedSession, SessionOwnedElsewhere
+from ..writer import Batch, GroupCommitWriter
+from .commit import TRANSIENT, commit, commit_each_session
 from .migrations import migrate
 from .transcripts import PostgresSessionStore
 
-if TYPE_CHECKING:
-    from ...sessions.eventlog import EventLog
-
 log = structlog.get_logger(__name__)
 
-RETRY_MIN_S = 0.1
-RETRY_MAX_S = 2.0
 STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
@@ -70,62 +65,22 @@ _CLAIM = (
     " RETURNING s.spec::text AS spec, s.sdk_session_id, s.last_seq,"
     " extract(epoch FROM s.created_at)::float8 AS created_at"
 )
-# Failures that pass: the database is away, restarting, or asked us to retry.
-TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.TransactionRollbackError,
-    asyncpg.InsufficientResourcesError,
-)
 
 
-@dataclass
-class _Pending:
-    log: EventLog
-    seq: int
-    name: str
-    text: str
-
-
-@dataclass
-class _ArtefactWrite:
-    """Save one version (`record`), or delete an artefact (`record` None)."""
-
-    session_id: str
-    artefact_id: str
-    record: StoredVersion | None
-    done: asyncio.Future[None]
-
-
-class PostgresStore:
-    durable = True
+class PostgresStore(GroupCommitWriter):
     shared = True
+    # A transient failure (or a bug): never let the writer die; keep everything and retry.
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)
 
     def __init__(self, config: StoreConfig, dsn: str, host: str, port: int) -> None:
-        self.config = config
+        super().__init__(config)
         self._dsn = dsn
         self.node_id = f"{socket.gethostname()}:{port}:{uuid.uuid4().hex[:8]}"
         if host in ("", "0.0.0.0", "::"):
             host = socket.gethostname()
         self.url = config.advertise_url or f"http://{host}:{port}"
-        self.on_session_lost: Callable[[str], None] = lambda session_id: None
         self._pool: Any = None
-        self._pending: list[_Pending] = []
-        # Session columns not yet stored: sdk_session_id, spec (JSON text).
-        self._meta: dict[str, dict[str, str]] = {}
-        self._closes: dict[str, str | None] = {}  # session id -> close reason (None: release)
-        self._artefacts: list[_ArtefactWrite] = []
-        self._work = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._idle = asyncio.Event()  # nothing waiting to be committed
-        self._idle.set()
-        self.healthy = True
-        self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     # -- life ---------------------------------------------------------------------------
 
@@ -149,21 +104,15 @@ class PostgresStore:
                 self.config.lease_s,
             )
         log.info("store_started", backend="postgres", node_id=self.node_id)
-        self._tasks = [
-            asyncio.create_task(self._writer(), name="pg-writer"),
-            asyncio.create_task(self._heartbeat(), name="pg-heartbeat"),
-        ]
+        self.start_writer("pg-writer")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="pg-heartbeat")
 
     async def stop(self) -> None:
         """Commit what is pending (bounded), give up the lease, close the pool."""
-        try:
-            async with asyncio.timeout(STOP_FLUSH_S):
-                await self._idle.wait()
-        except TimeoutError:
-            log.error("store_stop_unflushed", pending_events=len(self._pending))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.stop_writer()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         if self._pool is None:
             return
         try:
@@ -184,28 +133,26 @@ class PostgresStore:
     def sdk_session_store(self) -> PostgresSessionStore:
         return PostgresSessionStore(self._pool)
 
-    # -- the event log ------------------------------------------------------------------
+    # -- writes -------------------------------------------------------------------------
 
-    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
-        self._pending.append(_Pending(log, seq, name, text))
-        self._wake_writer()
-        if len(self._pending) >= self.config.max_pending_events:
-            self._room.clear()
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
+        await self._pool.execute(
+            "INSERT INTO awk_sessions (id, spec, owner) VALUES ($1, $2::jsonb, $3)",
+            session_id,
+            json.dumps(spec),
+            self.node_id,
+        )
 
-    @property
-    def full(self) -> bool:
-        return not self._room.is_set()
+    async def commit(self, batch: Batch) -> set[str]:
+        try:
+            return await commit(self._pool, self.node_id, batch)
+        except TRANSIENT:
+            raise
+        except asyncpg.PostgresError as exc:
+            log.error("store_batch_refused", error=str(exc), events=len(batch.events))
+            return await commit_each_session(self._pool, self.node_id, batch)
 
-    async def room(self) -> None:
-        await self._room.wait()
-
-    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
-        self._meta.setdefault(session_id, {})["sdk_session_id"] = sdk_session_id
-        self._wake_writer()
-
-    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
-        self._meta.setdefault(session_id, {})["spec"] = json.dumps(spec)
-        self._wake_writer()
+    # -- reads --------------------------------------------------------------------------
 
     async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
         return bool(
@@ -217,40 +164,8 @@ class PostgresStore:
             )
         )
 
-    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
-        await self._pool.execute(
-            "INSERT INTO awk_sessions (id, spec, owner) VALUES ($1, $2::jsonb, $3)",
-            session_id,
-            json.dumps(spec),
-            self.node_id,
-        )
-
-    async def session_closed(self, session_id: str, reason: str) -> None:
-        """Closed for good once its last events are committed (same transaction)."""
-        self._closes[session_id] = reason
-        self._wake_writer()
-
-    async def release(self, session_id: str, last_active: float) -> None:
-        self._closes[session_id] = None
-        self._wake_writer()
-
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them
-
-    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
-        """Committed with the event that announces it (appended just before)."""
-        await self._write_artefact(session_id, record.artefact_id, record)
-
-    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
-        await self._write_artefact(session_id, artefact_id, None)
-
-    async def _write_artefact(
-        self, session_id: str, artefact_id: str, record: StoredVersion | None
-    ) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._artefacts.append(_ArtefactWrite(session_id, artefact_id, record, done))
-        self._wake_writer()
-        await done
 
     async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
         content: str | None = await self._pool.fetchval(
@@ -280,163 +195,6 @@ class PostgresStore:
                 Version(r["version"], r["summary"], r["version_created_at"], r["bytes"])
             )
         return list(index.values())
-
-    def _wake_writer(self) -> None:
-        self._idle.clear()
-        self._work.set()
-
-    async def _writer(self) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            await self._work.wait()
-            self._work.clear()
-            batch, self._pending = self._pending, []
-            meta, self._meta = self._meta, {}
-            closes, self._closes = self._closes, {}
-            artefacts, self._artefacts = self._artefacts, []
-            try:
-                try:
-                    lost = await self._commit(batch, meta, closes, artefacts)
-                except TRANSIENT:
-                    raise
-                except asyncpg.PostgresError as exc:
-                    log.error("store_batch_refused", error=str(exc), events=len(batch))
-                    lost = await self._commit_each_session(batch, meta, closes, artefacts)
-            except Exception as exc:  # transient (or a bug): never let the writer die
-                # Keep everything, in order, and try again: nothing is published meanwhile.
-                self._pending[:0] = batch
-                for session_id, fields in meta.items():  # newer notes win
-                    self._meta[session_id] = {**fields, **self._meta.get(session_id, {})}
-                self._closes = {**closes, **self._closes}
-                self._artefacts[:0] = artefacts
-                if self.healthy:
-                    log.error("store_commit_failed", error=str(exc), pending_events=len(batch))
-                self.healthy = False
-                self._work.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            if not self.healthy:
-                log.info("store_recovered", committed_events=len(batch))
-            self.healthy = True
-            delay = RETRY_MIN_S
-            newest: dict[EventLog, int] = {}
-            for item in batch:
-                newest[item.log] = item.seq
-            for event_log, seq in newest.items():
-                if event_log.session_id in lost:
-                    continue
-                event_log.publish(seq)
-            for session_id in lost:
-                log.error("session_stopped_here", session_id=session_id)
-                self.on_session_lost(session_id)
-            for write in artefacts:  # stored, or void with a session this host lost
-                if not write.done.done():
-                    write.done.set_result(None)
-            if len(self._pending) < self.config.max_pending_events:
-                self._room.set()
-            if not (self._pending or self._meta or self._closes or self._artefacts):
-                self._idle.set()
-
-    async def _commit_each_session(
-        self,
-        batch: list[_Pending],
-        meta: dict[str, dict[str, str]],
-        closes: dict[str, str | None],
-        artefacts: list[_ArtefactWrite],
-    ) -> set[str]:
-        """PostgreSQL refused a batch for good (not a connection problem): commit each
-        session's share on its own, so one session's bad events cannot stall every other.
-        A session whose share is refused again is stopped here, its events unpublished;
-        another host can claim it from its last committed event."""
-        shares: dict[str, list[_Pending]] = {}
-        for item in batch:
-            shares.setdefault(item.log.session_id, []).append(item)
-        lost: set[str] = set()
-        writes = {w.session_id for w in artefacts}
-        for session_id in sorted(set(shares) | set(meta) | set(closes) | writes):
-            try:
-                lost |= await self._commit(
-                    shares.get(session_id, []),
-                    {session_id: meta[session_id]} if session_id in meta else {},
-                    {session_id: closes[session_id]} if session_id in closes else {},
-                    [w for w in artefacts if w.session_id == session_id],
-                )
-            except TRANSIENT:
-                raise  # the whole batch is retried; what was committed is skipped then
-            except asyncpg.PostgresError as exc:
-                log.error("session_events_refused", session_id=session_id, error=str(exc))
-                lost.add(session_id)
-        return lost
-
-    async def _commit(
-        self,
-        batch: list[_Pending],
-        meta: dict[str, dict[str, str]],
-        closes: dict[str, str | None],
-        artefacts: list[_ArtefactWrite],
-    ) -> set[str]:
-        """Store a batch in one transaction; returns the sessions this host no longer owns
-        (their events and artefacts are not stored)."""
-        last: dict[str, int] = {}
-        for item in batch:
-            last[item.log.session_id] = item.seq
-        touched = sorted(set(last) | set(meta) | set(closes) | {w.session_id for w in artefacts})
-        if not touched:
-            return set()
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Taking the row locks first makes a concurrent claim wait for this commit,
-            # or makes this commit see the claim and store nothing for that session.
-            owned = {
-                r["id"]
-                for r in await conn.fetch(
-                    "UPDATE awk_sessions s SET"
-                    " last_seq = GREATEST(s.last_seq, COALESCE(v.last_seq, 0)),"
-                    " sdk_session_id = COALESCE(v.sdk_session_id, s.sdk_session_id),"
-                    " spec = COALESCE(v.spec::jsonb, s.spec),"
-                    " updated_at = now()"
-                    " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])"
-                    "   AS v(id, last_seq, sdk_session_id, spec)"
-                    " WHERE s.id = v.id AND s.owner = $5 AND s.state = 'open'"
-                    " RETURNING s.id",
-                    touched,
-                    [last.get(s) for s in touched],
-                    [meta.get(s, {}).get("sdk_session_id") for s in touched],
-                    [meta.get(s, {}).get("spec") for s in touched],
-                    self.node_id,
-                )
-            }
-            rows = [i for i in batch if i.log.session_id in owned]
-            if rows:
-                await conn.execute(
-                    # A retry of a commit whose acknowledgement was lost finds its rows
-                    # already there: the same events (no other host can write while
-                    # this one owns the session), so skip them.
-                    "INSERT INTO awk_events (session_id, seq, name, data)"
-                    " SELECT s, q, n, d::json FROM unnest($1::text[], $2::bigint[],"
-                    " $3::text[], $4::text[]) AS v(s, q, n, d)"
-                    " ON CONFLICT (session_id, seq) DO NOTHING",
-                    [i.log.session_id for i in rows],
-                    [i.seq for i in rows],
-                    [i.name for i in rows],
-                    [i.text for i in rows],
-                )
-            for write in artefacts:
-                if write.session_id in owned:
-                    await _write_artefact(conn, write)
-            ended = [s for s in closes if s in owned]
-            if ended:
-                await conn.execute(
-                    "UPDATE awk_sessions s SET owner = NULL, updated_at = now(),"
-                    " state = CASE WHEN v.reason IS NULL THEN 'open' ELSE 'closed' END,"
-                    " close_reason = v.reason,"
-                    " closed_at = CASE WHEN v.reason IS NULL THEN NULL ELSE now() END"
-                    " FROM unnest($1::text[], $2::text[]) AS v(id, reason) WHERE s.id = v.id",
-                    ended,
-                    [closes[s] for s in ended],
-                )
-        # A session that ended here, or was never stored, is not "lost".
-        return {s for s in last if s not in owned and s not in closes}
 
     async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
         rows = await self._events(session_id, after, until, limit)
@@ -532,44 +290,6 @@ class PostgresStore:
             )
 
 
-async def _write_artefact(conn: Any, write: _ArtefactWrite) -> None:
-    """In order: a retried batch finds its own rows already there and skips them."""
-    record = write.record
-    if record is None:  # its versions go with it (ON DELETE CASCADE)
-        await conn.execute(
-            "DELETE FROM awk_artefacts WHERE session_id = $1 AND artefact_id = $2",
-            write.session_id,
-            write.artefact_id,
-        )
-        return
-    if record.version.version == 1:
-        await conn.execute(
-            "INSERT INTO awk_artefacts (session_id, artefact_id, title, kind, language, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
-            write.session_id,
-            record.artefact_id,
-            record.title,
-            record.kind,
-            record.language,
-            record.artefact_created_at,
-        )
-    version = record.version
-    await conn.execute(
-        "INSERT INTO awk_artefact_versions"
-        " (session_id, artefact_id, version, content, summary, bytes, created_at)"
-        " SELECT $1, $2, $3, $4, $5, $6, to_timestamp($7) WHERE EXISTS (SELECT 1 FROM"
-        "  awk_artefacts WHERE session_id = $1 AND artefact_id = $2)"  # not if deleted meanwhile
-        " ON CONFLICT DO NOTHING",
-        write.session_id,
-        record.artefact_id,
-        version.version,
-        record.content,
-        version.summary,
-        version.bytes,
-        version.created_at,
-    )
-
-
 async def owner_is_gone(owner: str, url: str | None) -> bool:
     """True only on proof: nothing listens where the owner said it listens. A timeout or
     any other error proves nothing; then the lease decides. A loopback address proves
@@ -588,43 +308,3 @@ async def owner_is_gone(owner: str, url: str | None) -> bool:
         return False
     writer.close()
     return False
-
-
-async def run_migrations(dsn: str) -> list[int]:
-    """`agent-webkitd migrate`."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await migrate(conn)
-    finally:
-        await conn.close()
-
-
-async def prune(dsn: str, older_than_s: float) -> dict[str, int]:
-    """`agent-webkitd prune`: delete closed sessions (events and transcripts too) that
-    closed longer ago than `older_than_s`, and nodes long gone."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction():
-            gone = await conn.fetch(
-                "DELETE FROM awk_sessions WHERE state = 'closed'"
-                " AND closed_at < now() - make_interval(secs => $1)"
-                " RETURNING id, sdk_session_id",
-                older_than_s,
-            )
-            sdk_ids = [r["sdk_session_id"] for r in gone if r["sdk_session_id"]]
-            # Entries and subagent transcripts go with their transcript (ON DELETE CASCADE).
-            transcripts = await conn.execute(
-                "DELETE FROM awk_transcripts WHERE session_id = ANY($1::text[])", sdk_ids
-            )
-            nodes = await conn.execute(
-                "DELETE FROM awk_nodes n WHERE lease_until < now() - make_interval(secs => $1)"
-                " AND NOT EXISTS (SELECT 1 FROM awk_sessions s WHERE s.owner = n.id)",
-                older_than_s,
-            )
-        return {
-            "sessions": len(gone),
-            "transcripts": int(transcripts.split()[-1]),
-            "nodes": int(nodes.split()[-1]),
-        }
-    finally:
-        await conn.close()

@@ -21,98 +21,36 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import structlog
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
-from ...artefacts.versions import Artefact, StoredVersion, Version
+from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig
-from ...sessions.eventlog import stored_frame
+from ...protocol.frames import stored_frame
 from ..base import ClaimedSession
 from ..transcript_keys import fold_summary, subpath_of, uuid_of
+from ..writer import ArtefactWrite, Batch, GroupCommitWriter
 from .db import Database, connect, migrate, transaction
-
-if TYPE_CHECKING:
-    from ...sessions.eventlog import EventLog
-    from .transcripts import SqliteSessionStore
+from .transcripts import SqliteSessionStore
 
 log = structlog.get_logger(__name__)
 
-RETRY_MIN_S = 0.1
-RETRY_MAX_S = 2.0
-STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 SETTLED_STATES = ("idle", "hibernated", "closed")
 
 
-@dataclass
-class _ArtefactWrite:
-    """Save one version (`record`), or delete an artefact (`record` None)."""
-
-    session_id: str
-    artefact_id: str
-    record: StoredVersion | None
-    done: asyncio.Future[None]
-
-
-@dataclass
-class _Batch:
-    """What one commit stores."""
-
-    events: list[tuple[EventLog, int, str, str]] = field(default_factory=list)
-    meta: dict[str, dict[str, str]] = field(default_factory=dict)  # sdk_session_id, spec
-    closes: dict[str, str] = field(default_factory=dict)  # session id -> reason
-    releases: dict[str, float] = field(default_factory=dict)  # session id -> last active
-    transcripts: list[tuple[SessionKey, list[SessionStoreEntry], asyncio.Future[None]]] = field(
-        default_factory=list
-    )
-    artefacts: list[_ArtefactWrite] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.events
-            or self.meta
-            or self.closes
-            or self.releases
-            or self.transcripts
-            or self.artefacts
-        )
-
-    def put_back(self, later: _Batch) -> None:
-        """Keep this failed batch in front of what arrived since (`later`), in order."""
-        later.events[:0] = self.events
-        for session_id, fields in self.meta.items():
-            later.meta[session_id] = {**fields, **later.meta.get(session_id, {})}
-        later.closes = {**self.closes, **later.closes}
-        later.releases = {**self.releases, **later.releases}
-        later.transcripts[:0] = self.transcripts
-        later.artefacts[:0] = self.artefacts
-
-    def written(self) -> list[asyncio.Future[None]]:
-        """What waits for this batch's commit."""
-        return [done for _, _, done in self.transcripts] + [a.done for a in self.artefacts]
-
-
-class SqliteStore:
-    durable = True
+class SqliteStore(GroupCommitWriter):
     shared = False
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = (
+        sqlite3.Error,
+    )  # full, read-only, failing
 
     def __init__(self, config: StoreConfig, path: Path) -> None:
-        self.config = config
+        super().__init__(config)
         self.db = Database(path)
-        self.on_session_lost: Callable[[str], None] = lambda session_id: None
-        self._pending = _Batch()
-        self._work = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._idle = asyncio.Event()  # nothing waiting to be committed
-        self._idle.set()
-        self.healthy = True
-        self._writer_task: asyncio.Task[None] | None = None
         self._transcripts: SqliteSessionStore | None = None
 
     # -- life ---------------------------------------------------------------------------
@@ -122,18 +60,11 @@ class SqliteStore:
         if applied:
             log.info("schema_migrated", versions=applied)
         log.info("store_started", backend="sqlite", path=str(self.db.path))
-        self._writer_task = asyncio.create_task(self._writer(), name="sqlite-writer")
+        self.start_writer("sqlite-writer")
 
     async def stop(self) -> None:
         """Commit what is pending (bounded), then close the file and release its lock."""
-        try:
-            async with asyncio.timeout(STOP_FLUSH_S):
-                await self._idle.wait()
-        except TimeoutError:
-            log.error("store_stop_unflushed", pending_events=len(self._pending.events))
-        if self._writer_task is not None:
-            self._writer_task.cancel()
-            await asyncio.gather(self._writer_task, return_exceptions=True)
+        await self.stop_writer()
         await self.db.close()
 
     async def check(self) -> None:
@@ -150,33 +81,10 @@ class SqliteStore:
 
     def sdk_session_store(self) -> SqliteSessionStore:
         if self._transcripts is None:
-            from .transcripts import SqliteSessionStore
-
-            self._transcripts = SqliteSessionStore(self)
+            self._transcripts = SqliteSessionStore(self.db, self.append_transcript)
         return self._transcripts
 
-    # -- what sessions hand in ----------------------------------------------------------
-
-    def append(self, log: EventLog, seq: int, name: str, text: str) -> None:
-        self._pending.events.append((log, seq, name, text))
-        self._wake_writer()
-        if len(self._pending.events) >= self.config.max_pending_events:
-            self._room.clear()
-
-    @property
-    def full(self) -> bool:
-        return not self._room.is_set()
-
-    async def room(self) -> None:
-        await self._room.wait()
-
-    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
-        self._pending.meta.setdefault(session_id, {})["sdk_session_id"] = sdk_session_id
-        self._wake_writer()
-
-    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
-        self._pending.meta.setdefault(session_id, {})["spec"] = json.dumps(spec)
-        self._wake_writer()
+    # -- writes -------------------------------------------------------------------------
 
     async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
         now = time.time()
@@ -187,80 +95,9 @@ class SqliteStore:
             )
         )
 
-    async def session_closed(self, session_id: str, reason: str) -> None:
-        """Closed for good once its last events are committed (same transaction)."""
-        self._pending.closes[session_id] = reason
-        self._wake_writer()
-
-    async def release(self, session_id: str, last_active: float) -> None:
-        """Shutdown: the session stays open for the next start, with its last activity."""
-        self._pending.releases[session_id] = last_active
-        self._wake_writer()
-
-    async def append_transcript(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        """The SDK's transcript mirror: committed with the next burst of events."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.transcripts.append((key, entries, done))
-        self._wake_writer()
-        await done
-
-    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
-        """Committed with the event that announces it (appended just before)."""
-        await self._write_artefact(session_id, record.artefact_id, record)
-
-    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
-        await self._write_artefact(session_id, artefact_id, None)
-
-    async def _write_artefact(
-        self, session_id: str, artefact_id: str, record: StoredVersion | None
-    ) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.artefacts.append(_ArtefactWrite(session_id, artefact_id, record, done))
-        self._wake_writer()
-        await done
-
-    def _wake_writer(self) -> None:
-        self._idle.clear()
-        self._work.set()
-
-    # -- the writer ---------------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            await self._work.wait()
-            self._work.clear()
-            batch, self._pending = self._pending, _Batch()
-            if not batch:
-                self._idle.set()
-                continue
-            try:
-                await self.db.write(functools.partial(_commit, batch=batch, now=time.time()))
-            except sqlite3.Error as exc:  # full, read-only or failing disk: keep and retry
-                batch.put_back(self._pending)
-                if self.healthy:
-                    log.error("store_commit_failed", error=str(exc), pending=len(batch.events))
-                self.healthy = False
-                self._work.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            if not self.healthy:
-                log.info("store_recovered", committed_events=len(batch.events))
-            self.healthy = True
-            delay = RETRY_MIN_S
-            newest: dict[EventLog, int] = {}
-            for event_log, seq, _, _ in batch.events:
-                newest[event_log] = seq
-            for event_log, seq in newest.items():
-                event_log.publish(seq)
-            for done in batch.written():
-                if not done.done():
-                    done.set_result(None)
-            if len(self._pending.events) < self.config.max_pending_events:
-                self._room.set()
-            if not self._pending:
-                self._idle.set()
+    async def commit(self, batch: Batch) -> set[str]:
+        await self.db.write(functools.partial(_commit, batch=batch, now=time.time()))
+        return set()  # one host: it never loses a session
 
     # -- reads --------------------------------------------------------------------------
 
@@ -317,7 +154,7 @@ class SqliteStore:
         return None  # one host: every open session was loaded at start-up
 
 
-def _commit(conn: sqlite3.Connection, *, batch: _Batch, now: float) -> None:
+def _commit(conn: sqlite3.Connection, *, batch: Batch, now: float) -> None:
     """Store one batch (runs inside a transaction on the writer thread)."""
     conn.executemany(
         "INSERT OR IGNORE INTO awk_events (session_id, seq, name, data) VALUES (?, ?, ?, ?)",
@@ -360,7 +197,7 @@ def _commit(conn: sqlite3.Connection, *, batch: _Batch, now: float) -> None:
         _write_artefact(conn, write)
 
 
-def _write_artefact(conn: sqlite3.Connection, write: _ArtefactWrite) -> None:
+def _write_artefact(conn: sqlite3.Connection, write: ArtefactWrite) -> None:
     """In order: a retried batch finds its own rows already there and skips them."""
     record = write.record
     if record is None:  # its versions go with it (ON DELETE CASCADE)

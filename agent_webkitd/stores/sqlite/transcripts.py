@@ -3,14 +3,14 @@ SessionStore the SDK mirrors into and resumes from, so one file holds a conversa
 events and everything `resume` needs.
 
 Appends ride on the store's group commit (one transaction, one fsync, with the events of
-the same burst); reads use the reader connection. The tables come from sqlitedb.py.
+the same burst); reads use the reader connection. The tables come from db.py.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from claude_agent_sdk.types import (
     SessionKey,
@@ -22,19 +22,20 @@ from claude_agent_sdk.types import (
 )
 
 from ..transcript_keys import subpath_of
+from .db import Database
 
-if TYPE_CHECKING:
-    from .store import SqliteStore
+# The store's group commit: returns once the entries are committed.
+Append = Callable[[SessionKey, list[SessionStoreEntry]], Awaitable[None]]
 
 
 class SqliteSessionStore(SessionStore):
-    def __init__(self, store: SqliteStore) -> None:
-        self._store = store
-        self._db = store.db
+    def __init__(self, db: Database, append: Append) -> None:
+        self._db = db
+        self._append = append
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         if entries:
-            await self._store.append_transcript(key, entries)
+            await self._append(key, entries)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         def load(conn: sqlite3.Connection) -> list[SessionStoreEntry] | None:

@@ -1,0 +1,44 @@
+"""An event as the wire carries it: one Server-Sent Events frame,
+`id: <seq>\nevent: <name>\ndata: <one-line JSON>\n\n`.
+
+An event is encoded once, when it is appended: the JSON text is what a durable store
+keeps, so a frame read back from the store is byte-identical to the live one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def encode_parts(seq: int | None, name: str, data: dict[str, Any]) -> tuple[str, str]:
+    """The frame's head and its JSON text. Raises TypeError/ValueError if `data` is not
+    plain JSON. The text is what a durable store keeps, so a replayed frame is
+    byte-identical to the live one."""
+    text = _dumps_compact(data)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes
+        text = _dumps_ascii(data)
+    return _head(seq, name), text
+
+
+def _head(seq: int | None, name: str) -> str:
+    return f"id: {seq}\nevent: {name}\ndata: " if seq is not None else f"event: {name}\ndata: "
+
+
+def join_frame(head: str, text: str) -> bytes:
+    return (head + text + "\n\n").encode()
+
+
+def encode_frame(seq: int | None, name: str, data: dict[str, Any]) -> bytes:
+    """One SSE frame. Raises TypeError/ValueError if `data` is not plain JSON."""
+    return join_frame(*encode_parts(seq, name, data))
+
+
+def stored_frame(seq: int, name: str, text: str) -> bytes:
+    """The frame of an event read back from a durable store."""
+    return join_frame(_head(seq, name), text)

@@ -1,0 +1,90 @@
+"""The memory store: nothing survives the process.
+
+It keeps nothing beyond each session's ring (the ring is the store): it publishes every
+event at once, a cursor older than the ring gets 412, and a session dies with its
+process. Transcripts are then the CLI's own files under its config dir; artefact
+contents live here until their session closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from claude_agent_sdk.types import SessionStore
+
+from ..artefacts.model import StoredVersion
+from .base import ClaimedSession, Publisher
+
+
+class MemoryStore:
+    """Nothing survives the process; the ring is all the history there is."""
+
+    durable = False
+    shared = False
+    healthy = True
+    full = False
+
+    def __init__(self) -> None:
+        self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        # Artefact contents by session, then by (artefact id, version); gone with the session.
+        self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def append(self, log: Publisher, seq: int, name: str, text: str) -> None:
+        log.publish(seq)
+
+    async def room(self) -> None:
+        pass
+
+    async def check(self) -> None:
+        pass
+
+    async def frames(self, session_id: str, after: int, until: int, limit: int) -> list[bytes]:
+        return []
+
+    async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
+        pass
+
+    def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
+        pass
+
+    def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
+        pass
+
+    async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
+        return False  # the CLI keeps its own files
+
+    async def session_closed(self, session_id: str, reason: str) -> None:
+        self._artefacts.pop(session_id, None)
+
+    async def release(self, session_id: str, last_active: float) -> None:
+        pass
+
+    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+        return []
+
+    async def claim(
+        self, session_id: str, ring_size: int, principal: str | None
+    ) -> ClaimedSession | None:
+        return None
+
+    def sdk_session_store(self) -> SessionStore | None:
+        return None
+
+    async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
+        contents = self._artefacts.setdefault(session_id, {})
+        contents[(record.artefact_id, record.version.version)] = record.content
+
+    async def delete_artefact(self, session_id: str, artefact_id: str) -> None:
+        contents = self._artefacts.get(session_id, {})
+        for key in [k for k in contents if k[0] == artefact_id]:
+            del contents[key]
+
+    async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
+        return self._artefacts.get(session_id, {}).get((artefact_id, version))
