@@ -51,6 +51,34 @@ class ArtefactWrite:
     record: StoredVersion | None
     done: asyncio.Future[None]
 
+    def artefact_row(self) -> tuple[str, str, str, str, str | None, float]:
+        """(session_id, artefact_id, title, kind, language, created_at) of a version 1."""
+        record = self.record
+        assert record is not None
+        return (
+            self.session_id,
+            record.artefact_id,
+            record.title,
+            record.kind,
+            record.language,
+            record.artefact_created_at,
+        )
+
+    def version_row(self) -> tuple[str, str, int, str, str | None, int, float]:
+        """(session_id, artefact_id, version, content, summary, bytes, created_at)."""
+        record = self.record
+        assert record is not None
+        version = record.version
+        return (
+            self.session_id,
+            record.artefact_id,
+            version.version,
+            record.content,
+            version.summary,
+            version.bytes,
+            version.created_at,
+        )
+
 
 @dataclass
 class Batch:

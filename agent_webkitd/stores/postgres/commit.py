@@ -126,25 +126,13 @@ async def _write_artefact(conn: Any, write: ArtefactWrite) -> None:
         await conn.execute(
             "INSERT INTO awk_artefacts (session_id, artefact_id, title, kind, language, created_at)"
             " VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
-            write.session_id,
-            record.artefact_id,
-            record.title,
-            record.kind,
-            record.language,
-            record.artefact_created_at,
+            *write.artefact_row(),
         )
-    version = record.version
     await conn.execute(
         "INSERT INTO awk_artefact_versions"
         " (session_id, artefact_id, version, content, summary, bytes, created_at)"
         " SELECT $1, $2, $3, $4, $5, $6, to_timestamp($7) WHERE EXISTS (SELECT 1 FROM"
         "  awk_artefacts WHERE session_id = $1 AND artefact_id = $2)"  # not if deleted meanwhile
         " ON CONFLICT DO NOTHING",
-        write.session_id,
-        record.artefact_id,
-        version.version,
-        record.content,
-        version.summary,
-        version.bytes,
-        version.created_at,
+        *write.version_row(),
     )

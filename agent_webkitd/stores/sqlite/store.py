@@ -210,32 +210,14 @@ def _write_artefact(conn: sqlite3.Connection, write: ArtefactWrite) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO awk_artefacts"
             " (session_id, artefact_id, title, kind, language, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                write.session_id,
-                record.artefact_id,
-                record.title,
-                record.kind,
-                record.language,
-                record.artefact_created_at,
-            ),
+            write.artefact_row(),
         )
-    version = record.version
     conn.execute(
         "INSERT OR IGNORE INTO awk_artefact_versions"
         " (session_id, artefact_id, version, content, summary, bytes, created_at)"
         " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM awk_artefacts"
         "  WHERE session_id = ? AND artefact_id = ?)",  # not for one deleted meanwhile
-        (
-            write.session_id,
-            record.artefact_id,
-            version.version,
-            record.content,
-            version.summary,
-            version.bytes,
-            version.created_at,
-            write.session_id,
-            record.artefact_id,
-        ),
+        (*write.version_row(), write.session_id, write.artefact_id),
     )
 
 

@@ -11,21 +11,24 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from claude_agent_sdk.types import (
-    SessionKey,
-    SessionListSubkeysKey,
-    SessionStore,
-    SessionStoreEntry,
-    SessionStoreListEntry,
-    SessionSummaryEntry,
-)
+from claude_agent_sdk.types import SessionStore
 
 from ..transcript_keys import subpath_of
 from .db import Database
 
+if TYPE_CHECKING:
+    from claude_agent_sdk.types import (
+        SessionKey,
+        SessionListSubkeysKey,
+        SessionStoreEntry,
+        SessionStoreListEntry,
+        SessionSummaryEntry,
+    )
+
 # The store's group commit: returns once the entries are committed.
-Append = Callable[[SessionKey, list[SessionStoreEntry]], Awaitable[None]]
+Append = Callable[["SessionKey", list["SessionStoreEntry"]], Awaitable[None]]
 
 
 class SqliteSessionStore(SessionStore):
