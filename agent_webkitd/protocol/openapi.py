@@ -418,6 +418,24 @@ EVENTS: dict[str, Schema] = {
         ("content",),
         description="An accepted user message, echoed before the turn it starts.",
     ),
+    "input_discarded": obj(
+        {
+            "messages": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "content": {
+                            "oneOf": [ANY_TEXT, {"type": "array", "items": ref("ContentBlock")}]
+                        }
+                    },
+                    ("content",),
+                ),
+            }
+        },
+        ("messages",),
+        description="An interrupt took back these user messages, in the order sent: they had"
+        " not started and never reach the model (a UI may put them back in its input box).",
+    ),
     "replay_truncated": obj(
         {
             "requested_event_id": {"type": "integer"},

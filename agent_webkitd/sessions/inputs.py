@@ -3,9 +3,10 @@
 A user message is checked against the session's size limits (413), queued behind the
 running turn (503 `backpressure` when the queue is full), shown on the stream at once so
 every tab sees what was typed, and wakes a hibernated session. Decision replies go to
-the bridge (the first reply wins, later ones get 409). Control messages (interrupt,
-permission mode, model, stop_task) go to the CLI at once, or are remembered for the next
-wake; a CLI that refuses one is a 502 `agent_error`. The operator's allowed permission
+the bridge (the first reply wins, later ones get 409). An interrupt ends the running
+turn and takes back every user message that has not started, waking or not
+(`input_discarded`). Control messages (interrupt, permission mode, model, stop_task) go
+to the CLI at once, or are remembered for the next wake; a CLI that refuses one is a 502 `agent_error`. The operator's allowed permission
 modes bind every mode a client names, the setMode rules of a permission reply included.
 """
 
@@ -56,6 +57,14 @@ async def handle_input(
             if agent is not None:
                 await _control(agent.client.stop_task(task_id))
         case wire.Interrupt():
+            # Stop means stop: nothing sent before it starts afterwards, during a wake too.
+            # The messages go back to the client (`input_discarded`) to restore in its UI.
+            discarded = session.turns.discard_waiting()
+            if discarded:
+                session.emit(
+                    "input_discarded", {"messages": [{"content": m.content} for m in discarded]}
+                )
+                session.logger.info("input_discarded", messages=len(discarded))
             if session.turns.running and agent is not None:
                 session.turns.cancelling = True
                 session.show_live_state()

@@ -95,6 +95,8 @@ class Session:
         # A fork starts from the original's id; every start forks until the CLI names the
         # new conversation, so the original's transcript is never appended to.
         self._fork_pending = spec.fork
+        self._wakes_held = False  # a resume elsewhere is starting on this conversation
+        self._wake_pending = False
         self.created_at = claimed.created_at if claimed and claimed.created_at else time.time()
         # Any sign of life, streams included (a session taken up from a store keeps its clock).
         self.last_activity = time.monotonic() - (claimed.idle_s if claimed else 0.0)
@@ -267,7 +269,7 @@ class Session:
         return agent
 
     def _wake_failed(self, exc: Exception) -> None:
-        unsent = self.turns.discard_waiting()
+        unsent = len(self.turns.discard_waiting())
         tail = getattr(exc, "stderr_tail", "")
         message = (
             f"the conversation could not be resumed: {exc}"
@@ -521,8 +523,26 @@ class Session:
 
     def wake(self) -> None:
         """A message waits: wake the CLI if the session is hibernated."""
-        if self._lifecycle is None:
+        if self._wakes_held:
+            self._wake_pending = True
+        elif self._lifecycle is None:
             self._lifecycle = asyncio.create_task(self._live(None), name=f"wake-{self.id}")
+
+    def hold_wakes(self) -> None:
+        """Another session is starting a CLI on this conversation's transcript: a message
+        waits instead of waking this one meanwhile (it closes once that CLI is up)."""
+        self._wakes_held = True
+
+    def allow_wakes(self) -> None:
+        self._wakes_held = False
+        if self._wake_pending:
+            self._wake_pending = False
+            self.wake()
+
+    @property
+    def forking(self) -> bool:
+        """A fork that has not spoken yet: it holds no conversation of its own."""
+        return self._fork_pending
 
     def settings_changed(self, model: str | None, permission_mode: str) -> None:
         """The model and permission mode the CLI now has, kept for the next wake too."""

@@ -206,9 +206,32 @@ class Supervisor:
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
         cwd = self._resolve_cwd(request.cwd)
         self._admit()
-        resume = None
-        if request.resume is not None:
-            resume, cwd = await self._take_conversation(request, owner, cwd)
+        if request.resume is None:
+            return await self._open(request, owner, mode, cwd, None)
+        resume, cwd, holder = await self._take_conversation(request, owner, cwd)
+        if holder is None:
+            return await self._open(request, owner, mode, cwd, resume)
+        # The hibernated holder gets no CLI of its own while another starts on its
+        # transcript, and keeps the conversation if that start fails.
+        holder.hold_wakes()
+        try:
+            session = await self._open(request, owner, mode, cwd, resume)
+        except BaseException:
+            holder.allow_wakes()
+            raise
+        holder.logger.info("session_resumed_elsewhere", by=session.id)
+        await self.close(holder, "resumed")
+        return session
+
+    async def _open(
+        self,
+        request: wire.CreateSession,
+        owner: Principal,
+        mode: str,
+        cwd: str | None,
+        resume: str | None,
+    ) -> Session:
+        """Store a new session and start its CLI (a warm one if it fits)."""
         spec = self._spec(
             owner.name,
             request.model,
@@ -239,40 +262,51 @@ class Supervisor:
 
     async def _take_conversation(
         self, request: wire.CreateSession, owner: Principal, cwd: str | None
-    ) -> tuple[str, str | None]:
-        """The Claude conversation a create resumes or forks, and the cwd its transcript
-        is filed under. Two CLIs must never append to one transcript: resuming (not
-        forking) a conversation that a live session holds is 409; a hibernated holder is
-        closed first. Anything this principal may not see is unknown, as if it did not
-        exist (400, never a fresh conversation)."""
+    ) -> tuple[str, str | None, Session | None]:
+        """The Claude conversation a create resumes or forks, the cwd its transcript is
+        filed under, and the hibernated session that holds it (to close once the new CLI
+        is up: a start that fails leaves it as it was). Two CLIs must never append to one
+        transcript: resuming (not forking) a conversation that a live session holds is
+        409. A fork that has not spoken yet holds nothing (it never appends to its
+        source). A closed session's conversation stays its owner's until `prune`.
+        Anything this principal may not see is unknown, as if it did not exist (400,
+        never a fresh conversation)."""
         wanted = request.resume or ""
         holder = self.sessions.get(wanted) or next(
-            (s for s in self.sessions.values() if s.claude_session_id == wanted), None
+            (s for s in self.sessions.values() if s.claude_session_id == wanted and not s.forking),
+            None,
         )
         unknown = bad_request(
             "unknown_conversation", f"no conversation {wanted!r} that you may resume"
         )
         if holder is None:
-            if not owner.admin:  # only a session's owner knows whose a conversation is
+            known = await self.store.conversation(wanted)
+            if known is None:
+                if not owner.admin:  # only a session's owner knows whose a conversation is
+                    raise unknown
+                return wanted, cwd, None  # an admin's own claude session id; checked at start
+            if not may_see(owner, known.owner):
                 raise unknown
-            return wanted, cwd  # an admin's own claude session id; checked at start
-        if not may_see(owner, holder.owner) or not holder.claude_session_id:
-            raise unknown
-        if request.cwd is not None and cwd != holder.spec.cwd:
+            claude_session_id, filed_under = known.claude_session_id, known.cwd
+            live_elsewhere = known.live_elsewhere
+        else:
+            if not may_see(owner, holder.owner) or not holder.claude_session_id:
+                raise unknown
+            claude_session_id, filed_under = holder.claude_session_id, holder.spec.cwd
+            live_elsewhere = False
+        if request.cwd is not None and cwd != filed_under:
             raise bad_request(
                 "invalid_field", "cwd: a resumed conversation keeps the cwd it was filed under"
             )
-        if not request.fork:
-            if holder.state != "hibernated":
-                raise ApiError(
-                    409,
-                    "conversation_in_use",
-                    f"session {holder.id} is live in this conversation: resume it there,"
-                    " fork it, or wait for it to hibernate",
-                )
-            holder.logger.info("session_resumed_elsewhere")
-            await self.close(holder, "resumed")
-        return holder.claude_session_id, holder.spec.cwd
+        if not request.fork and (live_elsewhere or (holder and holder.state != "hibernated")):
+            where = f"session {holder.id}" if holder else "a session on another host"
+            raise ApiError(
+                409,
+                "conversation_in_use",
+                f"{where} is live in this conversation: resume it there,"
+                " fork it, or wait for it to hibernate",
+            )
+        return claude_session_id, filed_under, None if request.fork else holder
 
     def _warm_fits(self, spec: SessionSpec) -> bool:
         """Whether a warm CLI can serve this spec: the model and permission mode can be

@@ -1,7 +1,8 @@
 """A session's turns: the inbound queue, one query at a time, and the turn watchdog.
 
 User messages wait in a bounded queue (full: 503 `backpressure`) and go to the CLI one at
-a time, each after the previous turn's `result`. The turn task (`serve`) runs while the
+a time, each after the previous turn's `result`; an interrupt takes back every one that
+has not started (`discard_waiting`). The turn task (`serve`) runs while the
 session has a CLI; the session cancels it when the CLI stops, and messages that arrive
 meanwhile wait for the next CLI. A turn whose CLI goes silent for too long (not waiting
 for a person) is interrupted, and if that does not end it, the CLI is killed
@@ -64,11 +65,12 @@ class Turns:
                 "backpressure", "too many queued messages for this session; retry later", 2
             ) from None
 
-    def discard_waiting(self) -> int:
-        """Drop every queued message (a wake that failed); returns how many."""
-        dropped = self._inbox.qsize()
+    def discard_waiting(self) -> list[wire.UserMessage]:
+        """Take back every message that has not started (an interrupt, a wake that
+        failed), in the order sent: none of them will reach the CLI."""
+        dropped = []
         while not self._inbox.empty():
-            self._inbox.get_nowait()
+            dropped.append(self._inbox.get_nowait())
         return dropped
 
     def heard(self) -> None:

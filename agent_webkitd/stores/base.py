@@ -41,6 +41,26 @@ class ClaimedSession:
     artefacts: list[Artefact] = field(default_factory=list)  # its artefacts' index, oldest first
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """A Claude conversation as the store knows it from the newest session that had it:
+    who may resume or fork it, and where its transcript is filed."""
+
+    claude_session_id: str
+    owner: str  # that session's principal
+    cwd: str | None
+    live_elsewhere: bool  # an open session of another host holds it
+
+
+def conversation_of(
+    claude_session_id: str, spec: dict[str, Any], live_elsewhere: bool
+) -> Conversation:
+    # Sessions from before principals existed are the admin's.
+    return Conversation(
+        claude_session_id, spec.get("owner") or "token:default", spec.get("cwd"), live_elsewhere
+    )
+
+
 class SessionOwnedElsewhere(Exception):
     def __init__(self, owner: str, advertise_url: str) -> None:
         super().__init__(owner)
@@ -124,6 +144,12 @@ class Store(ArtefactStore, Protocol):
         ...
 
     def sdk_session_store(self) -> SessionStore | None: ...
+
+    async def conversation(self, ref: str) -> Conversation | None:
+        """The conversation of the newest session whose id or Claude session id is `ref`
+        (one that started a turn), open or closed: a closed session's owner may resume it
+        until `prune` removes the session. None if no session had it."""
+        ...
 
     # Artefacts (artefacts/versions.py, ArtefactStore): every version's content. The index
     # comes back with the session (ClaimedSession.artefacts).

@@ -8,13 +8,18 @@ contents live here until their session closes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from claude_agent_sdk.types import SessionStore
 
 from ..artefacts.model import StoredVersion
-from .base import ClaimedSession, Publisher
+from .base import ClaimedSession, Conversation, Publisher, conversation_of
+
+# Closed sessions whose conversations stay resumable by their owners (~300 bytes each);
+# past this the oldest are forgotten, as `prune` would.
+MAX_CLOSED_KEPT = 100_000
 
 
 class MemoryStore:
@@ -29,6 +34,11 @@ class MemoryStore:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
         # Artefact contents by session, then by (artefact id, version); gone with the session.
         self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
+        # Who may resume which conversation, kept past a session's close.
+        self._specs: dict[str, dict[str, Any]] = {}  # session id -> {owner, cwd}
+        self._claude_ids: dict[str, str] = {}  # session id -> its Claude session id
+        self._newest: dict[str, str] = {}  # Claude session id -> the newest session with it
+        self._closed: OrderedDict[str, None] = OrderedDict()
 
     async def start(self) -> None:
         pass
@@ -49,19 +59,38 @@ class MemoryStore:
         return []
 
     async def session_opened(self, session_id: str, spec: dict[str, Any]) -> None:
-        pass
+        self.note_spec(session_id, spec)
 
     def note_sdk_session(self, session_id: str, sdk_session_id: str) -> None:
-        pass
+        self._claude_ids[session_id] = sdk_session_id
+        self._newest[sdk_session_id] = session_id
 
     def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
-        pass
+        self._specs[session_id] = {"owner": spec.get("owner"), "cwd": spec.get("cwd")}
+
+    async def conversation(self, ref: str) -> Conversation | None:
+        session_id = ref if ref in self._claude_ids else self._newest.get(ref)
+        if session_id is None:
+            return None
+        return conversation_of(self._claude_ids[session_id], self._specs.get(session_id, {}), False)
 
     async def transcript_stored(self, project_key: str, sdk_session_id: str) -> bool:
         return False  # the CLI keeps its own files
 
     async def session_closed(self, session_id: str, reason: str) -> None:
         self._artefacts.pop(session_id, None)
+        if session_id not in self._claude_ids:  # it never had a conversation
+            self._forget(session_id)
+            return
+        self._closed[session_id] = None
+        if len(self._closed) > MAX_CLOSED_KEPT:
+            self._forget(self._closed.popitem(last=False)[0])
+
+    def _forget(self, session_id: str) -> None:
+        self._specs.pop(session_id, None)
+        claude_id = self._claude_ids.pop(session_id, None)
+        if claude_id is not None and self._newest.get(claude_id) == session_id:
+            del self._newest[claude_id]
 
     async def release(self, session_id: str, last_active: float) -> None:
         pass

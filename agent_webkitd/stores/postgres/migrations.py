@@ -71,10 +71,16 @@ CREATE TABLE awk_artefact_versions (
 );
 """
 
+# A resume or fork finds a conversation by its Claude session id, closed sessions too.
+CONVERSATIONS = """
+CREATE INDEX awk_sessions_sdk_session_id ON awk_sessions (sdk_session_id);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events, nodes", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPT_SCHEMA),
     (3, "artefacts", ARTEFACTS),
+    (4, "conversations by Claude session id", CONVERSATIONS),
 ]
 
 

@@ -38,7 +38,7 @@ import structlog
 from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig, is_loopback
 from ...protocol.frames import stored_frame
-from ..base import ClaimedSession, SessionOwnedElsewhere
+from ..base import ClaimedSession, Conversation, SessionOwnedElsewhere, conversation_of
 from ..writer import Batch, GroupCommitWriter
 from .commit import TRANSIENT, commit, commit_each_session
 from .migrations import migrate
@@ -163,6 +163,19 @@ class PostgresStore(GroupCommitWriter):
                 sdk_session_id,
             )
         )
+
+    async def conversation(self, ref: str) -> Conversation | None:
+        row = await self._pool.fetchrow(
+            "SELECT sdk_session_id, spec::text AS spec,"
+            " state = 'open' AND owner IS DISTINCT FROM $2 AS elsewhere FROM awk_sessions"
+            " WHERE (id = $1 OR sdk_session_id = $1) AND sdk_session_id IS NOT NULL"
+            " ORDER BY created_at DESC LIMIT 1",
+            ref,
+            self.node_id,
+        )
+        if row is None:
+            return None
+        return conversation_of(row["sdk_session_id"], json.loads(row["spec"]), row["elsewhere"])
 
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them

@@ -30,7 +30,7 @@ from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig
 from ...protocol.frames import stored_frame
-from ..base import ClaimedSession
+from ..base import ClaimedSession, Conversation, conversation_of
 from ..transcript_keys import fold_summary, subpath_of, uuid_of
 from ..writer import ArtefactWrite, Batch, GroupCommitWriter
 from .db import Database, connect, migrate, transaction
@@ -130,6 +130,18 @@ class SqliteStore(GroupCommitWriter):
             ).fetchone()
         )
         return row is not None
+
+    async def conversation(self, ref: str) -> Conversation | None:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT sdk_session_id, spec FROM awk_sessions"
+                " WHERE (id = ? OR sdk_session_id = ?) AND sdk_session_id IS NOT NULL"
+                " ORDER BY created_at DESC LIMIT 1",
+                (ref, ref),
+            ).fetchone()
+        )
+        # One host: every open session is this host's.
+        return None if row is None else conversation_of(row[0], json.loads(row[1]), False)
 
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         """Start-up: every open session, to be hibernated here; those idle past
