@@ -1,9 +1,11 @@
 """Sessions: the conversations the daemon hosts.
 
-`supervisor` creates, finds, hibernates, evicts and drains them and enforces capacity;
-`session` is one conversation (its state, inputs, events and the lifecycle of the CLI
-serving it); `spec` says what a session is built from and how its CLI starts; `turns` is
-its inbound queue, one query at a time; `bridge` turns SDK messages into wire events and
-`can_use_tool` into pending `decisions` (first reply wins); `eventlog` assigns seqs and
-keeps the ring subscribers read; `history` reads a conversation back from its transcript.
+`supervisor` creates, finds, resumes, hibernates, evicts and drains them and enforces
+capacity; `session` is one conversation (its state and events, and the lifecycle of the
+CLI serving it); `spec` says what a session is built from and how its CLI starts;
+`inputs` is what each client message does to it; `turns` is its inbound queue, one query
+at a time; `bridge` turns SDK messages into wire events and `can_use_tool` into pending
+`decisions` (first reply wins); `eventlog` assigns seqs and keeps the ring subscribers
+read; `history` reads a conversation back from its transcript; `leftovers` settles what
+a host that went away left open.
 """
