@@ -20,7 +20,9 @@ async def open_session(api: Api, daemon: Daemon, scenario: dict[str, Any]) -> tu
     return session_id, await api.open_stream(session_id, 0)
 
 
-async def test_interrupt_mid_stream_ends_the_turn_and_the_session_stays_usable(api: Api, daemon: Daemon) -> None:
+async def test_interrupt_mid_stream_ends_the_turn_hands_back_what_waits_and_the_session_stays_usable(
+    api: Api, daemon: Daemon,
+) -> None:
     scenario = {"turns": [{"steps": [{"text": "a b c d e f g h i j k l m n o p", "delay": 0.1}, {"text": "never"}]}]}
     session_id, stream = await open_session(api, daemon, scenario)
     await api.say(session_id, "talk slowly")
@@ -28,13 +30,18 @@ async def test_interrupt_mid_stream_ends_the_turn_and_the_session_stays_usable(a
     await api.say(session_id, "queued behind the interrupted turn")
     status, _ = await api.send(session_id, {"type": "interrupt"})
     assert status == 204
+    discarded = await stream.until("input_discarded")
+    assert discarded.data == {"messages": [{"content": "queued behind the interrupted turn"}]}
     assert (await stream.until("session_state")).data["state"] == "cancelling"
     result = await stream.until("result")
     assert result.data["subtype"] == "error_during_execution"
     assert result.data["terminal_reason"] == "aborted_streaming"
+    assert (await stream.until("session_state")).data["state"] == "idle"
+    await api.say(session_id, "after the interrupt")
     nxt = await stream.until("result")
-    assert nxt.data["subtype"] == "success" and nxt.data["result"] == "echo: queued behind the interrupted turn"
-    assert not any("never" in str(e.data) for e in stream.events if e.name == "message_complete")
+    assert nxt.data["subtype"] == "success" and nxt.data["result"] == "echo: after the interrupt"
+    assert not any("never" in str(e.data) or "queued behind" in str(e.data)
+                   for e in stream.events if e.name in ("message_complete", "result"))
 
 
 async def test_interrupt_while_idle_is_harmless(api: Api, daemon: Daemon) -> None:
