@@ -255,3 +255,28 @@ async def check_closed_conversation(daemon: Daemon) -> None:
         assert after["result"] == (
             "I see 3 user messages: remember the teapot | history please | history again"
         )
+
+
+async def test_a_message_to_the_holder_while_a_resume_starts_is_handed_back_not_run(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path,
+) -> None:
+    daemon = await real_daemon(start_daemon, fake_model_url, tmp_path, "memory", {"hibernate_after_s": 1})
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon) as api:
+        holder = await api.create()
+        watch = await api.open_stream(holder)
+        await api.say(holder, "remember the teapot")
+        await watch.until("result", 30)
+        await until_state(watch, "hibernated")
+        conversation = await claude_id_of(api, holder)
+        resume = asyncio.ensure_future(api.request("POST", "/sessions", {"resume": conversation}))
+        await asyncio.sleep(0.1)  # the new CLI is starting (a real CLI takes ~0.3 s or more)
+        assert not resume.done()
+        late = marker("sent to the holder meanwhile")
+        await api.say(holder, late)
+        status, body, _ = await resume
+        assert status == 200, body
+        discarded = await watch.until("input_discarded", 10)
+        assert discarded.data == {"messages": [{"content": late}]}
+        await watch.until("done", 10)
+        await asyncio.sleep(1)
+        assert not await model_saw(fake_model_url, late)
