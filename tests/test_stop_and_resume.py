@@ -84,6 +84,17 @@ async def claude_id_of(api: Api, session_id: str) -> str:
     return claude_id
 
 
+async def hibernated_after_a_turn(api: Api) -> tuple[str, Stream, str]:
+    """A session that said "remember the teapot" and hibernated: its id, a stream watching
+    it, and its Claude session id."""
+    session_id = await api.create()
+    watch = await api.open_stream(session_id)
+    await api.say(session_id, "remember the teapot")
+    await watch.until("result", 30)
+    await until_state(watch, "hibernated")
+    return session_id, watch, await claude_id_of(api, session_id)
+
+
 # -- stop ------------------------------------------------------------------------------
 
 
@@ -185,12 +196,7 @@ async def test_a_resume_whose_cli_cannot_start_leaves_the_hibernated_holder_as_i
         {"hibernate_after_s": 1, "max_live_agents": 1},
     )
     async with asyncio.timeout(TIMEOUT_S), api_for(daemon) as api:
-        holder = await api.create()
-        watch = await api.open_stream(holder)
-        await api.say(holder, "remember the teapot")
-        await watch.until("result", 30)
-        await until_state(watch, "hibernated")
-        conversation = await claude_id_of(api, holder)
+        holder, watch, conversation = await hibernated_after_a_turn(api)
         # The only live CLI is busy: a session waiting for its user's answer.
         busy = await api.create()
         busy_stream = await api.open_stream(busy)
@@ -262,12 +268,7 @@ async def test_a_message_to_the_holder_while_a_resume_starts_is_handed_back_not_
 ) -> None:
     daemon = await real_daemon(start_daemon, fake_model_url, tmp_path, "memory", {"hibernate_after_s": 1})
     async with asyncio.timeout(TIMEOUT_S), api_for(daemon) as api:
-        holder = await api.create()
-        watch = await api.open_stream(holder)
-        await api.say(holder, "remember the teapot")
-        await watch.until("result", 30)
-        await until_state(watch, "hibernated")
-        conversation = await claude_id_of(api, holder)
+        holder, watch, conversation = await hibernated_after_a_turn(api)
         resume = asyncio.ensure_future(api.request("POST", "/sessions", {"resume": conversation}))
         await asyncio.sleep(0.1)  # the new CLI is starting (a real CLI takes ~0.3 s or more)
         assert not resume.done()

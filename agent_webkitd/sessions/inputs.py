@@ -58,13 +58,7 @@ async def handle_input(
                 await _control(agent.client.stop_task(task_id))
         case wire.Interrupt():
             # Stop means stop: nothing sent before it starts afterwards, during a wake too.
-            # The messages go back to the client (`input_discarded`) to restore in its UI.
-            discarded = session.turns.discard_waiting()
-            if discarded:
-                session.emit(
-                    "input_discarded", {"messages": [{"content": m.content} for m in discarded]}
-                )
-                session.logger.info("input_discarded", messages=len(discarded))
+            session.hand_back_waiting()
             if session.turns.running and agent is not None:
                 session.turns.cancelling = True
                 session.show_live_state()

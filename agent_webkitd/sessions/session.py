@@ -544,6 +544,14 @@ class Session:
         """A fork that has not spoken yet: it holds no conversation of its own."""
         return self._fork_pending
 
+    def hand_back_waiting(self) -> None:
+        """Take back every user message that has not started (they never run) and give
+        them to the client, in the order sent, to restore in its UI."""
+        discarded = self.turns.discard_waiting()
+        if discarded:
+            self.emit("input_discarded", {"messages": [{"content": m.content} for m in discarded]})
+            self.logger.info("input_discarded", messages=len(discarded))
+
     def settings_changed(self, model: str | None, permission_mode: str) -> None:
         """The model and permission mode the CLI now has, kept for the next wake too."""
         self.model, self.permission_mode = model, permission_mode

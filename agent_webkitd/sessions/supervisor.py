@@ -220,9 +220,7 @@ class Supervisor:
             holder.allow_wakes()
             raise
         holder.logger.info("session_resumed_elsewhere", by=session.id)
-        waited = holder.turns.discard_waiting()  # sent to it meanwhile: never run there
-        if waited:
-            holder.emit("input_discarded", {"messages": [{"content": m.content} for m in waited]})
+        holder.hand_back_waiting()  # sent to it meanwhile: never run there
         await self.close(holder, "resumed")
         return session
 
