@@ -46,15 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(redacted(config), indent=2))
             return 0
+        from .agents import sandbox
         from .daemon import StartupFailed, serve, take_secrets
 
         configure_logging(config.logging)
         secrets = take_secrets(config)
+        sandbox.check(config.agent)
     except ConfigError as exc:
         print(f"agent-webkitd: config error: {exc}", file=sys.stderr)
         return 2
+    except sandbox.SandboxUnavailable as exc:
+        print(f"agent-webkitd: no sandbox for agents: {exc}", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve(config, secrets, components))
+        asyncio.run(serve(config, secrets, components, path))
     except StartupFailed as exc:
         print(f"agent-webkitd: {exc}", file=sys.stderr)
         return 1

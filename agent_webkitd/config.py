@@ -2,7 +2,8 @@
 
 Every key has a default, so an empty file is a valid config. Unknown keys and wrong
 types are errors that name the key (`sessions.max_sessions`). Secrets never live here:
-they come from the environment (see `load_environment`).
+they come from the environment (see `load_environment`), a `NAME_FILE` or systemd's
+credentials (credentials.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
+
+from .credentials import secret
+from .errors import ConfigError as ConfigError  # where it always was, for importers
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 AUTH_TOKEN_ENV = "AGENT_WEBKIT_AUTH_TOKEN"
@@ -37,10 +41,8 @@ JWT_ALGORITHMS = (
     "EdDSA",
 )
 STORE_BACKENDS = ("sqlite", "memory", "postgres")
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the key."""
+SANDBOXES = ("bwrap", "none")
+NETWORKS = ("none", "host")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,19 @@ class AgentConfig:
     start_timeout_s: float = 60  # a CLI not connected by then is killed (502, wake_failed)
     warm_agents: int = 1  # CLIs kept started with these defaults for instant creates; 0 = off
     artefacts: bool = True  # the `artefacts` MCP server (limits: [artefacts])
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # visible to the agent: never a secret
+    # Every CLI runs in a bubblewrap sandbox (agents/sandbox.py); "none" = unconfined.
+    sandbox: str = "bwrap"
+    network: str = "none"  # "none": only the model, through the gateway; "host": the host's
+    workspaces_dir: str = "workspaces"  # one folder per session; relative to the config file
+    sandbox_ro_paths: tuple[str, ...] = ()  # more read-only paths the agent may see (tools)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the model gateway (agents/gateway.py) sends the CLIs' model requests."""
+
+    upstream_url: str = ""  # "" = the daemon's ANTHROPIC_BASE_URL, else the public API
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     artefacts: ArtefactsConfig = field(default_factory=ArtefactsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -188,15 +203,23 @@ def load_config(path: str | Path | None) -> Config:
     # wherever the daemon runs.
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     store = dataclasses.replace(config.store, path=os.path.normpath(base / config.store.path))
+    agent = dataclasses.replace(
+        config.agent, workspaces_dir=os.path.normpath(base / config.agent.workspaces_dir)
+    )
     genui = config.genui
     if genui.dir:
         genui = dataclasses.replace(genui, dir=os.path.normpath(base / genui.dir))
-    return dataclasses.replace(config, store=store, genui=genui)
+    return dataclasses.replace(config, store=store, agent=agent, genui=genui)
 
 
 def load_environment(config: Config) -> None:
-    """Load the .env file; variables already in the environment win over the file."""
-    load_dotenv(config.dotenv_path, override=False)
+    """Load the .env file, if there is one; variables already in the environment win."""
+    try:
+        load_dotenv(config.dotenv_path, override=False)
+    except OSError as exc:  # there, but not ours to read (root's 0600, a folder, ...)
+        raise ConfigError(
+            f"dotenv_path: {config.dotenv_path} cannot be read: {exc.strerror or exc}"
+        ) from None
 
 
 def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
@@ -309,6 +332,17 @@ def _check_semantics(config: Config) -> None:
         raise ConfigError(
             f"agent.permission_mode {a.permission_mode!r} is not in agent.allowed_permission_modes"
         )
+    for key, value, allowed in (
+        ("agent.sandbox", a.sandbox, SANDBOXES),
+        ("agent.network", a.network, NETWORKS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if not a.workspaces_dir:
+        raise ConfigError("agent.workspaces_dir must name a folder")
+    for path in a.sandbox_ro_paths:
+        if not os.path.isabs(path):
+            raise ConfigError(f"agent.sandbox_ro_paths: {path!r} must be an absolute path")
     if config.store.backend not in STORE_BACKENDS:
         raise ConfigError(
             f"store.backend must be one of {', '.join(STORE_BACKENDS)}, got {config.store.backend!r}"
@@ -403,12 +437,13 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_token() -> str:
-    return os.environ.get(AUTH_TOKEN_ENV, "")
+    """The admin token: AGENT_WEBKIT_AUTH_TOKEN, from the environment or a file."""
+    return secret(AUTH_TOKEN_ENV)
 
 
 def store_dsn(config: Config) -> str:
-    """The Postgres DSN: `[store] dsn`, else env DATABASE_URL."""
-    return config.store.dsn or os.environ.get(DSN_ENV, "")
+    """The Postgres DSN: `[store] dsn`, else DATABASE_URL (environment or a file)."""
+    return config.store.dsn or secret(DSN_ENV)
 
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "DSN")
@@ -425,5 +460,5 @@ def redacted(config: Config) -> dict[str, Any]:
         data["store"]["dsn"] = "<redacted>"
     data["auth"]["token"] = "<set>" if auth_token() else "<not set>"
     for entry in data["auth"]["tokens"]:
-        entry["token"] = "<set>" if os.environ.get(entry["env"]) else "<not set>"
+        entry["token"] = "<set>" if secret(entry["env"]) else "<not set>"
     return data

@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -26,8 +30,11 @@ from aiohttp import web
 
 from . import __version__
 from .agents.artefact_tools import ArtefactTools
+from .agents.gateway import Credential, ModelGateway, upstream_url
 from .agents.genui import Component, GenuiToolset
+from .agents.sandbox import Confinement
 from .agents.toolsets import Toolset
+from .agents.workspaces import Workspaces
 from .config import (
     AUTH_TOKEN_ENV,
     DSN_ENV,
@@ -36,6 +43,13 @@ from .config import (
     ConfigError,
     auth_token,
     store_dsn,
+)
+from .credentials import (
+    CREDENTIALS_DIRECTORY,
+    credential_name,
+    forget,
+    model_credential_environment,
+    secret,
 )
 from .http.auth import Auth
 from .http.routes import build_app
@@ -58,25 +72,35 @@ class Secrets:
     tokens: list[tuple[bytes, Principal]]  # every static bearer token, with its principal
     ticket_key: bytes
     dsn: str
+    model_env: dict[str, str] = field(default_factory=dict)  # the real model credential
 
 
 def take_secrets(config: Config) -> Secrets:
-    """The bearer tokens, the stream-ticket key and the Postgres DSN, removed from the
-    environment, so the CLI processes (and the tools they run) never inherit them."""
+    """The bearer tokens, the stream-ticket key, the Postgres DSN and the model credential,
+    from the environment, `NAME_FILE`s or systemd's credentials (credentials.py), then
+    removed from the environment, so the CLI processes (and the tools they run) never
+    inherit them."""
     admin_token, dsn = auth_token(), store_dsn(config)
     if not admin_token and not config.auth.disabled:
         raise ConfigError(
-            f"{AUTH_TOKEN_ENV} is not set (or set [auth] disabled = true on a loopback address)"
+            f"{AUTH_TOKEN_ENV} is not set, nor {AUTH_TOKEN_ENV}_FILE, nor the credential"
+            f" {credential_name(AUTH_TOKEN_ENV)} (or set [auth] disabled = true on a loopback"
+            " address)"
         )
     if config.store.backend == "postgres" and not dsn:
-        raise ConfigError(f"store.backend is 'postgres' but neither store.dsn nor {DSN_ENV} is set")
+        raise ConfigError(
+            f"store.backend is 'postgres' but neither store.dsn nor {DSN_ENV} ({DSN_ENV}_FILE,"
+            f" the credential {credential_name(DSN_ENV)}) is set"
+        )
     secrets = Secrets(
         tokens=static_tokens(config),
-        ticket_key=ticket_key(os.environ.get(TICKET_KEY_ENV, ""), admin_token),
+        ticket_key=ticket_key(secret(TICKET_KEY_ENV), admin_token),
         dsn=dsn,
+        model_env=model_credential_environment(),
     )
     for name in (AUTH_TOKEN_ENV, DSN_ENV, TICKET_KEY_ENV, *(t.env for t in config.auth.tokens)):
-        os.environ.pop(name, None)
+        forget(name)
+    os.environ.pop(CREDENTIALS_DIRECTORY, None)  # all read: nothing started later needs it
     return secrets
 
 
@@ -137,26 +161,90 @@ def build_auth(config: Config, secrets: Secrets, metrics: Metrics) -> Auth:
     )
 
 
-def read_transcripts_where_the_cli_writes(config: Config) -> None:
-    """The SDK's transcript reader (GET /messages, /snapshot) looks under this process's
-    CLAUDE_CONFIG_DIR; make it the one the CLIs are given."""
-    configured = config.agent.env.get("CLAUDE_CONFIG_DIR")
-    if configured:
-        os.environ["CLAUDE_CONFIG_DIR"] = configured
+@asynccontextmanager
+async def runtime_directory() -> AsyncIterator[Path]:
+    """A private folder for the gateway's socket and the sandbox launcher: systemd's
+    RuntimeDirectory= when there is one, else a fresh temporary folder, removed at exit."""
+    given = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="agent-webkitd-"))
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-async def serve(config: Config, secrets: Secrets, components: tuple[Component, ...] = ()) -> None:
+def build_gateway(config: Config, secrets: Secrets, runtime: Path) -> ModelGateway:
+    """The model gateway: the one way agents reach the model, with the real credential
+    added outside their reach. [agent.env] may still name the upstream and hold the key
+    (older configs): both are taken out of what the agent sees."""
+    agent_env = config.agent.env
+    credential = Credential.from_environment(secrets.model_env) or Credential.from_environment(
+        agent_env
+    )
+    if credential is None:
+        log.warning("model_credential_missing", hint="set ANTHROPIC_API_KEY")
+    upstream = upstream_url(
+        config.model.upstream_url or agent_env.get("ANTHROPIC_BASE_URL", ""), os.environ
+    )
+    sandboxed_net = config.agent.sandbox == "bwrap" and config.agent.network == "none"
+    return ModelGateway(
+        upstream, credential, runtime / "model.sock", tcp=not sandboxed_net, logger=log
+    )
+
+
+def hidden_paths(config: Config, config_path: str | None, runtime: Path) -> tuple[str, ...]:
+    """The daemon's own files: never shown to an agent, even where the system is."""
+    paths = [
+        os.path.dirname(config.store.path),
+        config.agent.workspaces_dir,
+        str(runtime),
+        os.path.abspath(config.dotenv_path) if config.dotenv_path else "",
+    ]
+    if config_path:
+        paths.append(os.path.dirname(os.path.abspath(config_path)))
+    return tuple(os.path.realpath(p) for p in paths if p and p not in ("/", "/etc", "/usr"))
+
+
+async def serve(
+    config: Config,
+    secrets: Secrets,
+    components: tuple[Component, ...] = (),
+    config_path: str | None = None,
+) -> None:
     """Run the daemon; `components` are the generative-UI components (agents/genui.py), loaded
-    and checked before the event loop starts."""
+    and checked before the event loop starts, as the sandbox is (agents/sandbox.py)."""
+    async with runtime_directory() as runtime:
+        await _serve(config, secrets, components, config_path, runtime)
+
+
+async def _serve(
+    config: Config,
+    secrets: Secrets,
+    components: tuple[Component, ...],
+    config_path: str | None,
+    runtime: Path,
+) -> None:
     # Phase 1: start up.
     watch_children_with_pidfd()
-    read_transcripts_where_the_cli_writes(config)
     raise_file_limit(config)
+    if config.agent.sandbox == "none":
+        log.warning("sandbox_off", hint='agents run unconfined: [agent] sandbox = "none"')
+    workspaces = Workspaces(config.agent.workspaces_dir)
+    workspaces.prepare()
+    gateway = build_gateway(config, secrets, runtime)
+    await gateway.start()
+    confinement = Confinement(
+        config.agent, gateway, runtime, hidden_paths(config, config_path, runtime)
+    )
+    confinement.prepare()
     store = build_store(config, secrets.dsn)
     try:
         await store.start()
     except Exception as exc:  # unreachable database, file in use, schema too new: say which
         log.error("store_start_failed", error=f"{type(exc).__name__}: {exc}")
+        await gateway.stop()
         raise StartupFailed(
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
@@ -166,11 +254,12 @@ async def serve(config: Config, secrets: Secrets, components: tuple[Component, .
         toolsets += (ArtefactTools(),)
     if components:
         toolsets += (GenuiToolset(components),)
-    supervisor = Supervisor(config, store, metrics, toolsets)
+    supervisor = Supervisor(config, store, metrics, confinement, workspaces, toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back
         await store.stop()
+        await gateway.stop()
         raise StartupFailed(f"the stored sessions could not be loaded: {exc}") from exc
     auth = build_auth(config, secrets, metrics)
     await auth.start()
@@ -216,6 +305,7 @@ async def serve(config: Config, secrets: Secrets, components: tuple[Component, .
     # listener.
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
+    await gateway.stop()  # after the CLIs: a turn cut short by the drain still reached it
     await store.stop()
     await auth.stop()
     await runner.cleanup()

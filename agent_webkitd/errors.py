@@ -1,6 +1,12 @@
-"""Errors with stable machine-readable codes, turned into JSON bodies at the HTTP edge."""
+"""Errors with stable machine-readable codes, turned into JSON bodies at the HTTP edge; and
+the one error of a daemon that cannot start as configured (exit status 2)."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config file or a secret that cannot be used; the message names the key, the
+    variable or the file (never a secret's value)."""
 
 
 class ApiError(Exception):

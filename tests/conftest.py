@@ -67,20 +67,18 @@ class Daemon:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.sessions_root = workdir / "sessions"
         self.sessions_root.mkdir(parents=True, exist_ok=True)
-        default_cwd = workdir / "default-cwd"
-        default_cwd.mkdir(exist_ok=True)
         config: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": self.port, "keepalive_s": 15},
             "sessions": {"ring_size": 1000},
             "agent": {
                 "cli_path": str(SCRIPTED_CLI),
-                "cwd": str(default_cwd),
                 "allowed_cwd_roots": [str(self.sessions_root)],
                 # Tests count their sessions' CLI processes, so no warm ones unless a test
                 # asks (test_warm.py; the HTTP, streaming and conversation tests run with one).
                 "warm_agents": 0,
-                # The CLI's own transcripts (a wake resumes from them) stay in the test's folder.
-                "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl", "CLAUDE_CONFIG_DIR": str(workdir / "claude-config")},
+                # Each session works in workspaces/<id>/, its CLI's state (transcripts, which a
+                # wake resumes from) in workspaces/.cli/<id>/, all in the test's folder.
+                "env": {"SCRIPTED_CLI_LOG": "cli-log.jsonl"},
             },
             "logging": {"format": "json", "level": "debug"},
             "store": {"backend": "memory"},  # tests of the durable stores say so
@@ -132,6 +130,13 @@ class Daemon:
             return []
         entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return [json.loads(e["line"]) for e in entries if e.get("dir") == "in"]
+
+    def workspace(self, session_id: str) -> Path:
+        return self.workdir / "workspaces" / session_id
+
+    def transcripts(self, session_id: str) -> Path:
+        """The projects/ folder of a session's own CLI state."""
+        return self.workdir / "workspaces" / ".cli" / session_id / "projects"
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

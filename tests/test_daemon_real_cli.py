@@ -423,7 +423,7 @@ async def test_a_real_cli_wake_whose_transcript_was_removed_is_wake_failed_not_a
         await until_state(stream, "hibernated", timeout=5)
         calls_before = len(await model_calls(fake_model_url))
         _, session, _ = await api.request("GET", f"/sessions/{session_id}")
-        for path in (tmp_path / "claude-config" / "projects").glob(f"*/{session['claude_session_id']}.jsonl"):
+        for path in daemon.transcripts(session_id).glob(f"*/{session['claude_session_id']}.jsonl"):
             path.unlink()
 
         await api.say(session_id, "what is in the history?")

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agent_webkitd"
 # Lowest first: a module may import its own room and the rooms before it, never after.
 # Each subpackage is a room of its own; the top-level modules share the first and last.
 ROOMS = (
-    ("", "errors", "config", "metrics", "logs"),  # the top-level leaves ("" is __init__)
+    ("", "errors", "credentials", "config", "metrics", "logs"),  # the top-level leaves ("" is __init__)
     ("artefacts",),
     ("protocol",),
     ("identity",),

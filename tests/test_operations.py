@@ -4,6 +4,7 @@ Prometheus metrics, logs and secrets, tried on a real daemon process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import TOKEN, Daemon, api_for
 from tests.wire_client import Api
@@ -221,13 +223,18 @@ async def test_logs_are_json_lines_with_context_and_without_secrets_or_contents(
         assert secret not in text
 
 
-async def test_the_api_key_reaches_the_cli_but_the_daemons_token_does_not(start_daemon: Any) -> None:
-    daemon = await start_daemon(env={"ANTHROPIC_API_KEY": "sk-ant-for-the-cli", "DATABASE_URL": "postgresql://x"})
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
+async def test_no_secret_reaches_the_cli_only_a_session_key(start_daemon: Any, sandbox: str) -> None:
+    """The model credential stays with the gateway, tokens and the DSN with the daemon:
+    sandboxed or not, the CLI holds a session key (DESIGN §12)."""
+    daemon = await start_daemon({"agent": {"sandbox": sandbox}},
+                                env={"ANTHROPIC_API_KEY": "sk-ant-real", "DATABASE_URL": "postgresql://x"})
     async with api_for(daemon) as api:
         await api.create()
         [pid] = daemon.orphans()  # the one live CLI process
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")  # noqa: ASYNC240
-        assert b"ANTHROPIC_API_KEY=sk-ant-for-the-cli" in environ
+        assert any(v.startswith(b"ANTHROPIC_API_KEY=awk-session-") for v in environ)
+        assert not any(b"sk-ant-real" in v for v in environ)
         assert not any(v.startswith((b"AGENT_WEBKIT_AUTH_TOKEN=", b"DATABASE_URL=")) for v in environ)
 
 
@@ -245,3 +252,77 @@ async def test_cli_processes_do_not_cost_the_daemon_a_thread_each(api: Api, daem
         await api.create()
     # Python 3.11's default child watcher would add a waitpid() thread per CLI process.
     assert len(os.listdir(tasks)) < before + 3
+
+
+# Secrets from files (credentials.py, DESIGN.md §12): a secret passed in the environment
+# stays in /proc/<pid>/environ, the block the process started with, whatever the daemon
+# removes from os.environ later; one read from a file never enters it.
+
+
+async def opens(daemon: Daemon, token: str) -> bool:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http, http.get(daemon.base_url + "/sessions", headers=headers) as resp:
+        assert resp.status in (200, 401)
+        return resp.status == 200
+
+
+def environment_blocks(daemon: Daemon) -> dict[int, bytes]:
+    """The environment block of the daemon and of every process it started, as /proc shows it."""
+    assert daemon.proc is not None
+    blocks = {}
+    for pid in [daemon.proc.pid, *daemon.orphans()]:
+        with contextlib.suppress(OSError):  # a process that has just ended
+            blocks[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+    return blocks
+
+
+def secret_files(folder: Path, values: dict[str, str], *, names: str) -> dict[str, str]:
+    """Each secret in a file of `folder` (named as systemd's credential, or as the variable);
+    the environment that points at them with NAME_FILE, if `names` == "pointers"."""
+    folder.mkdir()
+    env = {}
+    for name, value in values.items():
+        (folder / name.lower()).write_text(value + "\n")
+        env[f"{name}_FILE"] = str(folder / name.lower())
+    return env if names == "pointers" else {"CREDENTIALS_DIRECTORY": str(folder)}
+
+
+SECRETS = {
+    "AGENT_WEBKIT_AUTH_TOKEN": "admin-token-from-a-file",
+    "AGENT_WEBKIT_TICKET_KEY": "ticket-key-from-a-file",
+    "ANTHROPIC_API_KEY": "sk-ant-from-a-file",
+    "DATABASE_URL": "postgresql://u:password-from-a-file@h/db",
+}
+
+
+@pytest.mark.parametrize("names", ["pointers", "credentials-directory"])
+async def test_a_daemon_reads_its_secrets_from_files_and_no_environment_block_holds_one(
+    start_daemon: Any, tmp_path: Path, names: str
+) -> None:
+    env = secret_files(tmp_path / "secrets", SECRETS, names=names)
+    # The fixture's own token, emptied: an empty variable is no value, the file's is used.
+    daemon = await start_daemon(env={"AGENT_WEBKIT_AUTH_TOKEN": "", **env})
+    assert await opens(daemon, SECRETS["AGENT_WEBKIT_AUTH_TOKEN"])
+    assert not await opens(daemon, TOKEN)
+    async with api_for(daemon, SECRETS["AGENT_WEBKIT_AUTH_TOKEN"]) as api:
+        await api.create()  # a CLI starts: its environment too
+        blocks = environment_blocks(daemon)
+    assert len(blocks) > 1
+    for pid, block in blocks.items():
+        for name, value in SECRETS.items():
+            assert value.encode() not in block, f"{name} is in /proc/{pid}/environ"
+
+
+async def test_the_variable_wins_over_its_file_which_wins_over_the_systemd_credential(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    credentials = secret_files(tmp_path / "credentials", {"AGENT_WEBKIT_AUTH_TOKEN": "from-credential"},
+                               names="credentials-directory")
+    (tmp_path / "token").write_text("from-file\n")
+    pointer = {"AGENT_WEBKIT_AUTH_TOKEN_FILE": str(tmp_path / "token")}
+    daemon = await start_daemon(env={**credentials, **pointer})  # the fixture sets the variable
+    assert [await opens(daemon, t) for t in (TOKEN, "from-file", "from-credential")] == [True, False, False]
+    daemon = await start_daemon(env={"AGENT_WEBKIT_AUTH_TOKEN": "", **credentials, **pointer})
+    assert [await opens(daemon, t) for t in (TOKEN, "from-file", "from-credential")] == [False, True, False]
+    daemon = await start_daemon(env={"AGENT_WEBKIT_AUTH_TOKEN": "", **credentials})
+    assert [await opens(daemon, t) for t in (TOKEN, "from-file", "from-credential")] == [False, False, True]

@@ -26,12 +26,15 @@ WRITE = {"tool_use": {"name": "Write", "input": {"file_path": "out.txt", "conten
 
 async def start_warm(start_daemon: Any, tmp_path: Path, scenario: dict[str, Any] | None = None,
                      warm: int = 1, **overrides: dict[str, Any]) -> Daemon:
-    """A daemon with `warm` warm CLIs; `scenario` is what CLIs in the default cwd play."""
-    if scenario is not None:  # the first daemon a test starts works in daemon0/
-        default_cwd = tmp_path / "daemon0" / "default-cwd"
-        default_cwd.mkdir(parents=True)
+    """A daemon with `warm` warm CLIs, all sessions sharing one default cwd (`[agent] cwd`,
+    instead of a workspace each) where the scripted CLIs play `scenario` and log."""
+    default_cwd = tmp_path / "daemon0" / "default-cwd"  # the first daemon a test starts
+    default_cwd.mkdir(parents=True)
+    if scenario is not None:
         (default_cwd / "scenario.json").write_text(json.dumps(scenario))
-    agent = {"warm_agents": warm, **overrides.pop("agent", {})}
+    # Unconfined: these tests match the pids the scripted CLIs log with the daemon's view
+    # (a sandbox has a PID namespace of its own); the real-CLI test below is sandboxed.
+    agent = {"warm_agents": warm, "cwd": str(default_cwd), "sandbox": "none", **overrides.pop("agent", {})}
     daemon: Daemon = await start_daemon({"agent": agent, **overrides})
     assert daemon.workdir == tmp_path / "daemon0"
     return daemon

@@ -12,8 +12,10 @@ environment, so `kill()` finds it (and anything it started) without reaching int
 SDK; the SDK then sees the process end and cleans up as after a crash. Cancelling the
 SDK mid-connect instead could skip its kill escalation and orphan the process.
 
-Also here: where the CLI keeps its own transcripts (a resume needs one), and the restart
-intensity that turns repeated crashes into a crash loop.
+Every CLI starts confined (sandbox.py): in a sandbox or not, it reaches the model through
+the daemon's gateway with a session key that is revoked once the process is gone.
+
+Also here: the restart intensity that turns repeated crashes into a crash loop.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from claude_agent_sdk import (
     PermissionResultDeny,
     ProcessError,
     ToolPermissionContext,
-    project_key_for_directory,
 )
 from claude_agent_sdk._errors import MessageParseError
 
+from .sandbox import Confinement
 from .toolsets import ToolHost, Toolset
 
 STDERR_TAIL_LINES = 40
@@ -86,18 +88,24 @@ class Agent:
         options: ClaudeAgentOptions,
         toolsets: tuple[Toolset, ...],
         logger: Any,
-        session: Host | None = None,
+        session: Host | None,
+        confinement: Confinement,
+        state_dir: str,
+        reserved_for: str | None = None,
     ) -> None:
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.marker = uuid.uuid4().hex
         self.session = session
+        self.reserved_for = reserved_for  # a warm CLI: the id of the session it will serve
         self._early: list[Any] = []  # what a warm CLI said before it had a session
-        env = {**options.env, MARKER_ENV: self.marker}
+        confined = confinement.confine(
+            options, state_dir=state_dir, marker_env={MARKER_ENV: self.marker}
+        )
+        self._release = confined.release  # the session key, the sandbox's arguments
         self.client = ClaudeSDKClient(
             dataclasses.replace(
-                options,
+                confined.options,
                 stderr=self._stderr.append,
-                env=env,
                 can_use_tool=self._can_use_tool,
                 mcp_servers={t.name: t.server(self._served) for t in toolsets},
                 allowed_tools=[name for t in toolsets for name in t.allowed_tools()],
@@ -181,6 +189,12 @@ class Agent:
         return "\n".join(self._stderr)
 
     async def _main(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._release()  # its session key stops working once the process is gone
+
+    async def _run(self) -> None:
         try:
             await self.client.connect()  # disconnects by itself if it fails
         except Exception as exc:  # any failure to start is the starter's to report
@@ -270,23 +284,3 @@ class RestartIntensity:
         while self._exits and self._exits[0] < now - self._period:
             self._exits.popleft()
         return len(self._exits) > self._max
-
-
-def cli_config_dir(agent_env: dict[str, str]) -> Path:
-    """Where the CLI keeps its state, transcripts included: CLAUDE_CONFIG_DIR as the CLI
-    will see it (the daemon passes its own environment plus `[agent.env]`)."""
-    configured = agent_env.get("CLAUDE_CONFIG_DIR") or os.environ.get("CLAUDE_CONFIG_DIR")
-    return Path(configured) if configured else Path.home() / ".claude"
-
-
-def cli_transcript_exists(config_dir: Path, cwd: str | None, claude_session_id: str) -> bool:
-    """Whether the CLI's own transcript file for this session is there to resume from.
-    The CLI files it under projects/<key of cwd>/; a long cwd's key may be hashed
-    differently by the CLI, so any project folder will do."""
-    name = f"{claude_session_id}.jsonl"
-    if Path(name).name != name:  # never let an id walk out of the folder
-        return False
-    projects = config_dir / "projects"
-    if (projects / project_key_for_directory(cwd or os.getcwd()) / name).is_file():
-        return True
-    return any(path.is_file() for path in projects.glob(f"*/{name}"))

@@ -7,6 +7,10 @@ else wants, and is the first to go when room is needed: it has never been used. 
 exits while it waits is never handed out; it is replaced, after a pause that doubles
 with every failure in a row (a CLI that cannot start is not restarted in a tight loop).
 The pool refills one CLI at a time in the background.
+
+A warm CLI already works in the workspace of the session it will serve (its id chosen
+when the CLI is built, `Agent.reserved_for`); one that is never handed over has its
+folders removed (`discard`).
 """
 
 from __future__ import annotations
@@ -55,12 +59,14 @@ class WarmPool:
         size: int,
         slots: AgentSlots,
         build: Callable[[], Agent],
+        discard: Callable[[Agent], None],
         start_timeout_s: float,
         metrics: Metrics,
     ) -> None:
         self.size = size
         self._slots = slots
         self._build = build  # an Agent with the operator's defaults, not started
+        self._discard = discard  # a warm CLI gone unused: its folders go too
         self._start_timeout_s = start_timeout_s
         self._metrics = metrics
         self._ready: deque[_Warm] = deque()
@@ -80,20 +86,23 @@ class WarmPool:
         if self.size:
             self._task = asyncio.create_task(self._refill(), name="warm-pool")
 
-    def take(self, to: Holder) -> Agent | None:
-        """A warm CLI for a new session, its slot handed to `to`; None if none is ready."""
-        while self._ready and not self._stopped.is_set():
-            warm = self._ready.popleft()
-            if warm.agent.stopping:  # its watcher gives the slot back
-                continue
-            warm.taken = True
-            if warm.watcher is not None:  # the session watches its CLI from now on
-                warm.watcher.cancel()
-            self._slots.hand_over(warm, to)
-            self._failures = 0
-            self._wanted.set()
-            return warm.agent
-        return None
+    def peek(self) -> Agent | None:
+        """The warm CLI `take` would hand over now (its session id is the new session's)."""
+        if self._stopped.is_set():
+            return None
+        return next((w.agent for w in self._ready if not w.agent.stopping), None)
+
+    def take(self, to: Holder, agent: Agent) -> None:
+        """Hand `agent` (what `peek` returned, with nothing awaited since) to a new
+        session, its slot with it."""
+        warm = next(w for w in self._ready if w.agent is agent)
+        self._ready.remove(warm)
+        warm.taken = True
+        if warm.watcher is not None:  # the session watches its CLI from now on
+            warm.watcher.cancel()
+        self._slots.hand_over(warm, to)
+        self._failures = 0
+        self._wanted.set()
 
     async def stop(self) -> None:
         """Stop refilling and stop every warm CLI (the drain, the shutdown)."""
@@ -125,6 +134,7 @@ class WarmPool:
                 async with self._slots.starting():
                     await warm.agent.start(self._start_timeout_s)
             except AgentStartFailed as exc:
+                self._discard(warm.agent)
                 self._slots.release(warm)
                 self._metrics.agent_start_failures.inc({})
                 self._failed("warm_agent_start_failed", str(exc))
@@ -140,6 +150,7 @@ class WarmPool:
         with contextlib.suppress(ValueError):
             self._ready.remove(warm)
         await warm.agent.closed()
+        self._discard(warm.agent)
         self._slots.release(warm)
         if exit_ is not None:  # it died on its own; stopped on request is no failure
             self._metrics.agent_exits.inc({})

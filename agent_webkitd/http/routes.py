@@ -300,7 +300,16 @@ def artefact_version(raw: str | None) -> int | None:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return json_response({"ok": True, **request.app[SUPERVISOR].counts()})
+    supervisor = request.app[SUPERVISOR]
+    confinement = supervisor.confinement
+    return json_response(
+        {
+            "ok": True,
+            "sandbox": confinement.sandbox,  # "none": agents run unconfined (DESIGN §12)
+            "network": confinement.network,
+            **supervisor.counts(),
+        }
+    )
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:

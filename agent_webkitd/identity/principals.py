@@ -10,10 +10,10 @@ session; to anyone else it does not exist (404, exactly as an unknown id).
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
 
 from ..config import AUTH_TOKEN_ENV, Config, ConfigError
+from ..credentials import credential_name, secret
 from ..errors import ApiError
 from .oidc import JwtVerifier
 
@@ -37,18 +37,22 @@ def unauthorized(message: str) -> ApiError:
 
 
 def static_tokens(config: Config) -> list[tuple[bytes, Principal]]:
-    """Every static token with its principal, read from the environment at start-up.
+    """Every static token with its principal, read at start-up from the environment, a
+    `NAME_FILE` or systemd's credentials (credentials.py).
     Several entries with one name are one principal with several tokens, which is how a
     token is rotated without a gap (see the README)."""
     tokens: list[tuple[bytes, Principal]] = []
-    admin_token = os.environ.get(AUTH_TOKEN_ENV, "")
+    admin_token = secret(AUTH_TOKEN_ENV)
     if admin_token:
         tokens.append((admin_token.encode(), DEFAULT_ADMIN))
     admins: dict[str, bool] = {}
     for i, entry in enumerate(config.auth.tokens):
-        value = os.environ.get(entry.env, "")
+        value = secret(entry.env)
         if not value:
-            raise ConfigError(f"auth.tokens[{i}].env: {entry.env} is not set")
+            raise ConfigError(
+                f"auth.tokens[{i}].env: {entry.env} is not set (nor {entry.env}_FILE, nor"
+                f" the credential {credential_name(entry.env)})"
+            )
         if admins.setdefault(entry.name, entry.admin) != entry.admin:
             raise ConfigError(f"auth.tokens: the entries named {entry.name!r} disagree on admin")
         principal = Principal(f"token:{entry.name}", entry.admin)

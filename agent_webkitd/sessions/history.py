@@ -1,5 +1,6 @@
 """A conversation's history as messages, read from its transcript with the SDK's own
-transcript reader (never a second journal): the CLI's file, and with the embedded and
+transcript reader (never a second journal): the CLI's file in the session's own state
+folder, and with the embedded and
 Postgres stores the store's copy too (the newer of the two), so a live, hibernated or
 restarted session reads the same.
 
@@ -11,17 +12,13 @@ content block of a streamed assistant message; entries of one message are joined
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
-from claude_agent_sdk import (
-    SessionMessage,
-    get_session_messages,
-    get_session_messages_from_store,
-)
+from claude_agent_sdk import SessionMessage, get_session_messages_from_store
 from claude_agent_sdk.types import SessionStore
 
 from ..protocol.wire import PROTOCOL_VERSION
+from .transcripts import file_messages
 
 if TYPE_CHECKING:
     from .session import Session
@@ -55,13 +52,17 @@ async def snapshot(session: Session) -> dict[str, Any]:
 
 
 async def _conversation(session: Session) -> list[dict[str, Any]]:
+    spec = session.spec
     return await transcript_messages(
-        session.claude_session_id, session.spec.cwd, session.store.sdk_session_store()
+        session.claude_session_id, spec.state_dir, spec.cwd, session.store.sdk_session_store()
     )
 
 
 async def transcript_messages(
-    claude_session_id: str | None, cwd: str | None, transcripts: SessionStore | None
+    claude_session_id: str | None,
+    state_dir: str,
+    cwd: str | None,
+    transcripts: SessionStore | None,
 ) -> list[dict[str, Any]]:
     """The conversation so far (empty before the first turn)."""
     if not claude_session_id:
@@ -70,7 +71,7 @@ async def transcript_messages(
     # (written before a turn's result is sent, but left behind when a later CLI resumed
     # from the store into a folder of its own) and the store's (which may land a moment
     # after the result). Each is a prefix of the conversation: the longer is the newer.
-    entries = await asyncio.to_thread(get_session_messages, claude_session_id, cwd)
+    entries = await file_messages(state_dir, cwd, claude_session_id)
     if transcripts is not None:
         stored = await get_session_messages_from_store(transcripts, claude_session_id, cwd)
         entries = max(entries, stored, key=len)

@@ -27,20 +27,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from claude_agent_sdk import (
-    PermissionResult,
-    ToolPermissionContext,
-    project_key_for_directory,
-)
+from claude_agent_sdk import PermissionResult, ToolPermissionContext
 
-from ..agents.agent import (
-    Agent,
-    AgentExit,
-    AgentStartFailed,
-    RestartIntensity,
-    cli_config_dir,
-    cli_transcript_exists,
-)
+from ..agents.agent import Agent, AgentExit, AgentStartFailed, RestartIntensity
 from ..agents.slots import AgentSlots
 from ..artefacts.versions import Artefacts
 from ..metrics import Metrics
@@ -50,6 +39,7 @@ from .bridge import Bridge
 from .eventlog import EventLog
 from .leftovers import leftovers
 from .spec import SessionSpec
+from .transcripts import find_or_file
 from .turns import Turns
 
 
@@ -66,8 +56,9 @@ class Session:
         slots: AgentSlots,
         on_closed: Callable[[Session], None],
         claimed: ClaimedSession | None = None,
+        session_id: str | None = None,
     ) -> None:
-        self.id = claimed.session_id if claimed else str(uuid.uuid4())
+        self.id = claimed.session_id if claimed else session_id or str(uuid.uuid4())
         self.spec = spec
         self.store = store
         self.metrics = metrics
@@ -223,6 +214,8 @@ class Session:
             self.emit("session_state", {"state": "closed"})
             self.emit("done", {})
             await self.store.session_closed(self.id, self.close_reason or "closed")
+            if self.close_reason != "resumed":  # else the session that resumed it has it
+                await asyncio.to_thread(self.spec.workspaces.remove, self.spec.cwd)
             self.log.close()
             ended = "session_closed"
         self.state = "closed"
@@ -293,8 +286,12 @@ class Session:
             resume=resume,
             fork=resume is not None and self._fork_pending,
         )
-        agent = Agent(options, self.spec.toolsets, self.logger, session=self)
+        spec = self.spec
+        await asyncio.to_thread(spec.workspaces.make, spec.cwd, spec.state_dir)
         async with self._slots.starting():
+            agent = Agent(
+                options, spec.toolsets, self.logger, self, spec.confinement, spec.state_dir
+            )
             self._starting = agent  # from here close() stops the agent instead of cancelling
             try:
                 spawn_s = await agent.start(self.spec.agent.start_timeout_s)
@@ -306,11 +303,7 @@ class Session:
         return agent
 
     async def _transcript_exists(self, claude_session_id: str) -> bool:
-        cwd = self.spec.cwd
-        if await self.store.transcript_stored(project_key_for_directory(cwd), claude_session_id):
-            return True
-        config_dir = cli_config_dir(self.spec.agent.env)
-        return await asyncio.to_thread(cli_transcript_exists, config_dir, cwd, claude_session_id)
+        return await find_or_file(self.spec, self.store, claude_session_id)
 
     async def _serve(self, agent: Agent) -> None:
         """Run turns on this CLI until it stops (hibernation, close) or exits."""
@@ -563,6 +556,9 @@ class Session:
             "model": self.model,
             "permission_mode": self.permission_mode,
             "cwd": self.spec.cwd,
+            "state_dir": self.spec.state_dir,
+            "source_state_dir": self.spec.source_state_dir,
+            "source_cwd": self.spec.source_cwd,
             "owner": self.owner,
             "include_partial_messages": self.spec.include_partial_messages,
             "resume": self.spec.resume,

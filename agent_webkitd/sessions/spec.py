@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from claude_agent_sdk import ClaudeAgentOptions
 
+from ..agents.sandbox import Confinement
 from ..agents.toolsets import Toolset
+from ..agents.workspaces import Workspaces
 from ..config import AgentConfig, ArtefactsConfig
 from ..stores.base import Store
 
@@ -25,7 +27,10 @@ class SessionSpec:
     owner: str  # the principal that created it (identity/principals.py)
     model: str | None
     permission_mode: str
-    cwd: str | None
+    cwd: str | None  # the session's own workspace, or the folder the client chose
+    state_dir: str  # the CLI's own CLAUDE_CONFIG_DIR (agents/workspaces.py)
+    workspaces: Workspaces
+    confinement: Confinement  # how its CLIs start: sandboxed or not (agents/sandbox.py)
     ring_size: int
     inbound_queue_size: int
     permission_timeout_s: float
@@ -37,6 +42,10 @@ class SessionSpec:
     toolsets: tuple[Toolset, ...] = ()  # the daemon's own MCP servers (agents/toolsets.py)
     artefact_limits: ArtefactsConfig = field(default_factory=ArtefactsConfig)
     max_line_bytes: int | None = None  # the SDK's max_buffer_size (None: its default)
+    # Where a resumed or forked conversation's transcript was: the state folder and cwd of
+    # the session that had it (copied into this session's state folder at its first start).
+    source_state_dir: str | None = None
+    source_cwd: str | None = None
 
     def cli_options(
         self,

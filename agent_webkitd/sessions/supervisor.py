@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
 import structlog
 
 from ..agents.agent import Agent, AgentStartFailed
+from ..agents.sandbox import Confinement
 from ..agents.slots import AgentSlots
 from ..agents.toolsets import Toolset
 from ..agents.warmpool import WarmPool
+from ..agents.workspaces import Workspaces
 from ..artefacts.model import cli_line_bytes
 from ..config import Config
 from ..errors import ApiError, bad_request, not_found, unavailable
@@ -26,6 +29,7 @@ from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
 from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
+from .resumes import Source, take_conversation
 from .session import Session, WakeFailed
 from .spec import SessionSpec
 
@@ -40,9 +44,17 @@ DRAIN_POLL_S = 0.2
 
 class Supervisor:
     def __init__(
-        self, config: Config, store: Store, metrics: Metrics, toolsets: tuple[Toolset, ...] = ()
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        confinement: Confinement,
+        workspaces: Workspaces,
+        toolsets: tuple[Toolset, ...] = (),
     ) -> None:
         self.config = config
+        self.confinement = confinement
+        self.workspaces = workspaces
         self.toolsets = toolsets
         self.store = store
         self.metrics = metrics
@@ -59,14 +71,11 @@ class Supervisor:
         # Claims in flight, by id and the owner they are limited to (None: an admin's).
         self._claims: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
         store.on_session_lost = self._lost
-        # What a create gets with no choices of its own: what warm CLIs are started with.
-        self._default_spec = self._spec(
-            DEFAULT_ADMIN.name, None, config.agent.permission_mode, self._resolve_cwd(None), None
-        )
         self.warm = WarmPool(
             config.agent.warm_agents,
             self.slots,
             self._warm_agent,
+            self._discard_warm,
             config.agent.start_timeout_s,
             metrics,
         )
@@ -172,24 +181,32 @@ class Supervisor:
 
     def _spec(
         self,
+        session_id: str,
         owner: str,
         model: str | None,
         mode: str,
         cwd: str | None,
         partial: bool | None,
-        resume: str | None = None,
+        source: Source | None = None,
         fork: bool = False,
+        state_dir: str | None = None,
     ) -> SessionSpec:
+        """A session's spec; with no `cwd` it works in its own workspace."""
         agent = self.config.agent
         return SessionSpec(
             agent=agent,
             owner=owner,
-            resume=resume,
+            resume=source.claude_session_id if source else None,
             fork=fork,
+            source_state_dir=source.state_dir if source else None,
+            source_cwd=source.cwd if source else None,
+            state_dir=state_dir or self.workspaces.state_dir(session_id),
+            workspaces=self.workspaces,
+            confinement=self.confinement,
             include_partial_messages=agent.include_partial_messages if partial is None else partial,
             model=model or agent.model or None,
             permission_mode=mode,
-            cwd=cwd,
+            cwd=cwd or self.workspaces.workspace(session_id),
             ring_size=self.config.sessions.ring_size,
             inbound_queue_size=self.config.sessions.inbound_queue_size,
             permission_timeout_s=self.config.sessions.permission_timeout_s,
@@ -204,18 +221,23 @@ class Supervisor:
         agent = self.config.agent
         mode = request.permission_mode or agent.permission_mode
         wire.check_mode_allowed(mode, agent.allowed_permission_modes)
-        cwd = self._resolve_cwd(request.cwd)
+        cwd = self._resolve_cwd(request.cwd)  # None: the session's own workspace
         self._admit()
         if request.resume is None:
-            return await self._open(request, owner, mode, cwd, None)
-        resume, cwd, holder = await self._take_conversation(request, owner, cwd)
+            return await self._open(request, owner, mode, cwd)
+        source = await take_conversation(self.sessions, self.store, request, owner, cwd)
+        if not request.fork or not self.workspaces.owns(source.cwd):
+            cwd = (
+                source.cwd
+            )  # a resume takes over its workspace; a fork of a chosen folder shares it
+        holder = source.holder
         if holder is None:
-            return await self._open(request, owner, mode, cwd, resume)
+            return await self._open(request, owner, mode, cwd, source)
         # The hibernated holder gets no CLI of its own while another starts on its
         # transcript, and keeps the conversation if that start fails.
         holder.hold_wakes()
         try:
-            session = await self._open(request, owner, mode, cwd, resume)
+            session = await self._open(request, owner, mode, cwd, source)
         except BaseException:
             holder.allow_wakes()
             raise
@@ -230,30 +252,45 @@ class Supervisor:
         owner: Principal,
         mode: str,
         cwd: str | None,
-        resume: str | None,
+        source: Source | None = None,
     ) -> Session:
-        """Store a new session and start its CLI (a warm one if it fits)."""
+        """Store a new session and start its CLI (a warm one if it fits: it already works
+        in the workspace of the session id it was started for)."""
+        warm_agent = None
+        if source is None and request.cwd is None and self._warm_fits(request):
+            warm_agent = self.warm.peek()
+        session_id = warm_agent.reserved_for if warm_agent else None
+        session_id = session_id or str(uuid.uuid4())
         spec = self._spec(
+            session_id,
             owner.name,
             request.model,
             mode,
             cwd,
             request.include_partial_messages,
-            resume,
+            source,
             request.fork,
         )
-        session = Session(spec, self.store, self.metrics, self.slots, self._forget)
-        warm_ok = resume is None and self._warm_fits(spec)
+        session = Session(
+            spec, self.store, self.metrics, self.slots, self._forget, session_id=session_id
+        )
+        if warm_agent is not None:  # nothing awaited since peek(): still the pool's
+            self.warm.take(session, warm_agent)
+        elif request.fork and source is not None and cwd is None and spec.cwd:
+            await asyncio.to_thread(self.workspaces.copy_files, source.cwd, spec.cwd)
         self._starting += 1
         try:
             try:
                 await self.store.session_opened(session.id, session.spec_record())
+                if source is not None and not request.fork:  # the newest holder from now on
+                    self.store.note_sdk_session(session.id, source.claude_session_id)
             except Exception as exc:  # the database is away: refuse rather than lose it
                 session.logger.warning("store_unavailable", error=str(exc))
+                await self._discard(session, warm_agent)
                 raise unavailable(
                     "store_unavailable", "the session store cannot be reached; retry later", 5
                 ) from exc
-            warm = await self._start(session, self.warm.take(session) if warm_ok else None)
+            warm = await self._start(session, warm_agent)
         finally:
             self._starting -= 1
         self.metrics.creates.inc({"start": "warm" if warm else "cold"})
@@ -261,69 +298,50 @@ class Supervisor:
         session.logger.info("session_created", model=spec.model, permission_mode=mode, cwd=cwd)
         return session
 
-    async def _take_conversation(
-        self, request: wire.CreateSession, owner: Principal, cwd: str | None
-    ) -> tuple[str, str | None, Session | None]:
-        """The Claude conversation a create resumes or forks, the cwd its transcript is
-        filed under, and the hibernated session that holds it (to close once the new CLI
-        is up: a start that fails leaves it as it was). Two CLIs must never append to one
-        transcript: resuming (not forking) a conversation that a live session holds is
-        409. A fork that has not spoken yet holds nothing (it never appends to its
-        source). A closed session's conversation stays its owner's until `prune`.
-        Anything this principal may not see is unknown, as if it did not exist (400,
-        never a fresh conversation)."""
-        wanted = request.resume or ""
-        holder = self.sessions.get(wanted) or next(
-            (s for s in self.sessions.values() if s.claude_session_id == wanted and not s.forking),
-            None,
-        )
-        unknown = bad_request(
-            "unknown_conversation", f"no conversation {wanted!r} that you may resume"
-        )
-        if holder is None:
-            known = await self.store.conversation(wanted)
-            if known is None:
-                if not owner.admin:  # only a session's owner knows whose a conversation is
-                    raise unknown
-                return wanted, cwd, None  # an admin's own claude session id; checked at start
-            if not may_see(owner, known.owner):
-                raise unknown
-            claude_session_id, filed_under = known.claude_session_id, known.cwd
-            live_elsewhere = known.live_elsewhere
-        else:
-            if not may_see(owner, holder.owner) or not holder.claude_session_id:
-                raise unknown
-            claude_session_id, filed_under = holder.claude_session_id, holder.spec.cwd
-            live_elsewhere = False
-        if request.cwd is not None and cwd != filed_under:
-            raise bad_request(
-                "invalid_field", "cwd: a resumed conversation keeps the cwd it was filed under"
-            )
-        if not request.fork and (live_elsewhere or (holder and holder.state != "hibernated")):
-            where = f"session {holder.id}" if holder else "a session on another host"
-            raise ApiError(
-                409,
-                "conversation_in_use",
-                f"{where} is live in this conversation: resume it there,"
-                " fork it, or wait for it to hibernate",
-            )
-        return claude_session_id, filed_under, None if request.fork else holder
-
-    def _warm_fits(self, spec: SessionSpec) -> bool:
-        """Whether a warm CLI can serve this spec: the model and permission mode can be
+    def _warm_fits(self, request: wire.CreateSession) -> bool:
+        """Whether a warm CLI can serve this create: the model and permission mode can be
         changed after the start; the cwd and partial messages cannot."""
-        default = self._default_spec
-        return (spec.cwd, spec.include_partial_messages) == (
-            default.cwd,
-            default.include_partial_messages,
-        )
+        partial = request.include_partial_messages
+        return partial is None or partial == self.config.agent.include_partial_messages
 
     def _warm_agent(self) -> Agent:
-        spec = self._default_spec
+        """A CLI with the operator's defaults, already in its future session's workspace."""
+        session_id = str(uuid.uuid4())
+        agent = self.config.agent
+        spec = self._spec(
+            session_id, DEFAULT_ADMIN.name, None, agent.permission_mode, agent.cwd or None, None
+        )
+        self.workspaces.make(spec.cwd, spec.state_dir)
         options = spec.cli_options(
             self.store, model=spec.model, permission_mode=spec.permission_mode
         )
-        return Agent(options, spec.toolsets, log.bind(warm=True))
+        return Agent(
+            options,
+            spec.toolsets,
+            log.bind(warm=True),
+            None,
+            self.confinement,
+            spec.state_dir,
+            reserved_for=session_id,
+        )
+
+    def _discard_warm(self, agent: Agent) -> None:
+        """A warm CLI that served no session: its folders go with it."""
+        if agent.reserved_for is not None:
+            own = self.workspaces.workspace(agent.reserved_for)
+            self.workspaces.remove(own)
+            self.workspaces.remove_state(self.workspaces.state_dir(agent.reserved_for))
+
+    async def _discard(self, session: Session, warm: Agent | None) -> None:
+        """A create that failed before its CLI served it: the CLI stops, the session's
+        own folders go (never a workspace it took over)."""
+        if warm is not None:
+            warm.stop()
+            await warm.closed()
+            self.slots.release(session)
+        if session.spec.cwd == self.workspaces.workspace(session.id):
+            await asyncio.to_thread(self.workspaces.remove, session.spec.cwd)
+        await asyncio.to_thread(self.workspaces.remove_state, session.spec.state_dir)
 
     async def _start(self, session: Session, warm: Agent | None = None) -> bool:
         """Start a new session's CLI, or take over `warm` (a claimed one starts
@@ -333,14 +351,17 @@ class Supervisor:
         except ApiError as exc:  # no CLI can be had now (agents_busy)
             self.metrics.capacity_rejections.inc({"reason": exc.code})
             await self.store.session_closed(session.id, "error")
+            await self._discard(session, None)
             raise
         except WakeFailed as exc:  # the conversation to resume has no transcript
             await self.store.session_closed(session.id, "error")
+            await self._discard(session, None)
             raise bad_request("unknown_conversation", str(exc)) from exc
         except AgentStartFailed as exc:
             self.metrics.agent_start_failures.inc({})
             session.logger.warning("agent_start_failed", error=str(exc))
             await self.store.session_closed(session.id, "error")
+            await self._discard(session, None)
             tail = f"; stderr: {exc.stderr_tail[-2000:]}" if exc.stderr_tail else ""
             raise ApiError(
                 502, "agent_start_failed", f"the agent could not start: {exc}{tail}"
@@ -418,15 +439,21 @@ class Supervisor:
     def _session(self, claimed: ClaimedSession) -> Session:
         """A session taken up from the store, with its settings as last set."""
         spec = claimed.spec
+        resume = spec.get("resume")
+        source = None
+        if resume:
+            source = Source(resume, spec.get("source_cwd"), spec.get("source_state_dir"), None)
         return Session(
             self._spec(
+                claimed.session_id,
                 spec.get("owner") or DEFAULT_ADMIN.name,  # sessions from before owners: the admin's
                 spec.get("model"),
                 spec.get("permission_mode") or "default",
                 spec.get("cwd"),
                 spec.get("include_partial_messages"),
-                spec.get("resume"),
+                source,
                 spec.get("fork") is True,
+                spec.get("state_dir"),
             ),
             self.store,
             self.metrics,

@@ -50,6 +50,7 @@ class Conversation:
     owner: str  # that session's principal
     cwd: str | None
     live_elsewhere: bool  # an open session of another host holds it
+    state_dir: str | None = None  # that session's CLI state folder (its transcripts)
 
 
 def conversation_of(
@@ -57,7 +58,11 @@ def conversation_of(
 ) -> Conversation:
     # Sessions from before principals existed are the admin's.
     return Conversation(
-        claude_session_id, spec.get("owner") or "token:default", spec.get("cwd"), live_elsewhere
+        claude_session_id,
+        spec.get("owner") or "token:default",
+        spec.get("cwd"),
+        live_elsewhere,
+        spec.get("state_dir"),
     )
 
 

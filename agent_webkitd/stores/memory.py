@@ -35,7 +35,7 @@ class MemoryStore:
         # Artefact contents by session, then by (artefact id, version); gone with the session.
         self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
         # Who may resume which conversation, kept past a session's close.
-        self._specs: dict[str, dict[str, Any]] = {}  # session id -> {owner, cwd}
+        self._specs: dict[str, dict[str, Any]] = {}  # session id -> {owner, cwd, state_dir}
         self._claude_ids: dict[str, str] = {}  # session id -> its Claude session id
         self._newest: dict[str, str] = {}  # Claude session id -> the newest session with it
         self._closed: OrderedDict[str, None] = OrderedDict()
@@ -66,7 +66,7 @@ class MemoryStore:
         self._newest[sdk_session_id] = session_id
 
     def note_spec(self, session_id: str, spec: dict[str, Any]) -> None:
-        self._specs[session_id] = {"owner": spec.get("owner"), "cwd": spec.get("cwd")}
+        self._specs[session_id] = {key: spec.get(key) for key in ("owner", "cwd", "state_dir")}
 
     async def conversation(self, ref: str) -> Conversation | None:
         session_id = ref if ref in self._claude_ids else self._newest.get(ref)

@@ -266,6 +266,8 @@ def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
                 reply = _call_artefact_tool(body, model, prompts[-1] if prompts else "")
                 if reply is not None:
                     return reply
+            if tool in ("Bash", "Read"):  # what the attacker's probes found
+                return Reply([Text(f"{tool} result: {_result_text(result)}")], "end_turn")
             if tool and tool.startswith(ARTEFACT_TOOL.format("")):
                 error = "error " if result.get("is_error") else ""
                 return Reply([Text(f"Artefact tool {error}result: {_result_text(result)}")], "end_turn")
@@ -284,6 +286,12 @@ def script_reply(body: dict[str, Any], model: FakeModel) -> Reply:
     artefact_reply = _call_artefact_tool(body, model, text)
     if artefact_reply is not None:
         return artefact_reply
+    if lowered.startswith("bash: "):  # run a shell command with the Bash tool
+        tool = ToolUse(model.next_id("toolu"), "Bash", {"command": text[len("bash: ") :]})
+        return Reply([tool], "tool_use")
+    if lowered.startswith("read: "):  # read a file with the Read tool
+        tool = ToolUse(model.next_id("toolu"), "Read", {"file_path": text[len("read: ") :]})
+        return Reply([tool], "tool_use")
     if "write" in lowered:
         cwd = find_cwd(body)
         path = f"{cwd.rstrip('/')}/out.txt" if cwd else "out.txt"
@@ -443,14 +451,21 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 async def _record(request: web.Request) -> Any:
-    """Keep every request (method, path, parsed body) for GET /_requests."""
+    """Keep every request (method, path, parsed body, the credential it came with) for
+    GET /_requests."""
     raw = await request.read()
     try:
         body: Any = json.loads(raw) if raw else None
     except ValueError:
         body = raw.decode(errors="replace")
     request.app[MODEL_KEY].requests.append(
-        {"method": request.method, "path": request.path_qs, "body": body}
+        {
+            "method": request.method,
+            "path": request.path_qs,
+            "body": body,
+            "x_api_key": request.headers.get("x-api-key"),
+            "authorization": request.headers.get("authorization"),
+        }
     )
     log.info("%s %s", request.method, request.path_qs)
     return body
