@@ -1,6 +1,7 @@
 """Command line: `agent-webkitd [--config FILE]`, `agent-webkitd check-config --config FILE`,
 `agent-webkitd migrate --config FILE`, `agent-webkitd prune --older-than 30d --config FILE`,
-`agent-webkitd backup DEST --config FILE` (the embedded store), `agent-webkitd --version`."""
+`agent-webkitd backup DEST --config FILE` (the embedded store), `agent-webkitd check-sandbox
+--config FILE` (what an agent can reach), `agent-webkitd --version`."""
 
 from __future__ import annotations
 
@@ -32,9 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     backup = sub.add_parser("backup", help="copy the embedded store's file, online, to DEST")
     backup.add_argument("destination", help="the copy to write (a new file)")
     backup.add_argument("--config", dest="sub_config", help="TOML config file")
+    sandbox_check = sub.add_parser(
+        "check-sandbox", help="start one agent sandbox, probe what it reaches, report"
+    )
+    sandbox_check.add_argument("--config", dest="sub_config", help="TOML config file")
     args = parser.parse_args(argv)
 
     path = getattr(args, "sub_config", None) or args.config
+    from .agents import sandbox  # the SDK is imported with it
+
     try:
         config = load_config(path)
         load_environment(config)
@@ -46,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(redacted(config), indent=2))
             return 0
-        from .agents import sandbox
+        if args.command == "check-sandbox":
+            return check_sandbox(config, path)
         from .daemon import StartupFailed, serve, take_secrets
 
         configure_logging(config.logging)
@@ -64,6 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent-webkitd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_sandbox(config: Config, path: str | None) -> int:
+    """Exit 0 when the sandbox holds (DESIGN §12), 1 when it shows something it must not,
+    2 when there is none."""
+    from .agents import sandbox
+    from .agents.sandbox_check import EXPECTED_HIDDEN, check_sandbox
+    from .daemon import hidden_paths
+
+    sandbox.check(config.agent)  # SandboxUnavailable: exit 2 with the cause
+    hidden = hidden_paths(config, path)
+    report = asyncio.run(check_sandbox(config, hidden, (*hidden, *EXPECTED_HIDDEN)))
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
 
 
 def duration(text: str) -> float:

@@ -194,17 +194,19 @@ def build_gateway(config: Config, secrets: Secrets, runtime: Path) -> ModelGatew
     )
 
 
-def hidden_paths(config: Config, config_path: str | None, runtime: Path) -> tuple[str, ...]:
-    """The daemon's own files: never shown to an agent, even where the system is."""
+def hidden_paths(config: Config, config_path: str | None) -> tuple[str, ...]:
+    """The daemon's own files: never shown to an agent, even where the system is (a
+    config in /etc/agent-webkitd is masked inside every sandbox)."""
     paths = [
         os.path.dirname(config.store.path),
         config.agent.workspaces_dir,
-        str(runtime),
         os.path.abspath(config.dotenv_path) if config.dotenv_path else "",
     ]
     if config_path:
         paths.append(os.path.dirname(os.path.abspath(config_path)))
-    return tuple(os.path.realpath(p) for p in paths if p and p not in ("/", "/etc", "/usr"))
+    # A sandbox has /tmp of its own; the system folders themselves are never masked.
+    skip = ("/", "/etc", "/usr", "/tmp")
+    return tuple(os.path.realpath(p) for p in paths if p and os.path.realpath(p) not in skip)
 
 
 async def serve(
@@ -235,9 +237,7 @@ async def _serve(
     workspaces.prepare()
     gateway = build_gateway(config, secrets, runtime)
     await gateway.start()
-    confinement = Confinement(
-        config.agent, gateway, runtime, hidden_paths(config, config_path, runtime)
-    )
+    confinement = Confinement(config.agent, gateway, runtime, hidden_paths(config, config_path))
     confinement.prepare()
     store = build_store(config, secrets.dsn)
     try:

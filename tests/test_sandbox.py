@@ -12,10 +12,17 @@ the daemon's gateway.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import pwd
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +30,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import TOKEN, Daemon, api_for
+from agent_webkitd.agents.sandbox import BRIDGE_PORT
+from tests.conftest import ROOT, TOKEN, Daemon, api_for, free_port
 from tests.standin.fake_model import fetch_requests
 from tests.standin.fixtures import fake_model_url, offline_cli_env
+from tests.standin.toml_writer import dump_toml
 from tests.wire_client import Api, Stream
 
 __all__ = ["fake_model_url"]  # a fixture
@@ -80,6 +89,18 @@ async def start_sandboxed(start_daemon: Callable[..., Any], model_url: str, tmp_
     (workdir / "run").mkdir(exist_ok=True)
     daemon: Daemon = await start_daemon(sandboxed_config(model_url, workdir, network), env=env)
     return daemon
+
+
+def processes_running(cmdline: str) -> list[int]:
+    """Host PIDs of live processes whose command line is `cmdline`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def split(secret: str) -> str:
@@ -222,8 +243,18 @@ async def test_an_agent_reaches_its_own_workspace_and_the_model_and_nothing_else
         assert calls and {c["x_api_key"] for c in calls} == {REAL_KEY}
         assert not any(c["authorization"] for c in calls)
 
+        # A process that leaves the CLI's process group and environment behind still dies
+        # with the sandbox's PID namespace when the CLI stops.
+        await bob.bash("setsid env -i sleep 7777 > /dev/null 2>&1 < /dev/null & echo detached")
+        assert processes_running("sleep 7777"), "control: the detached process runs"
+
         # Bob's files survive a hibernation (the CLI stops; its session key dies with it)...
         await until_hibernated(bob.stream)
+        for _ in range(50):
+            if not processes_running("sleep 7777"):
+                break
+            await asyncio.sleep(0.1)
+        assert not processes_running("sleep 7777"), "a process outlived its sandbox"
         out = await bob.bash("cat mine.txt out.txt")
         assert "mine" in out and "hello" in out
         alice.stream.close()
@@ -295,9 +326,6 @@ async def test_sandbox_none_is_loud_and_still_keeps_the_key_out_of_the_agent(
 
 
 def test_start_up_without_a_usable_sandbox_exits_2_naming_the_cause(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     config = tmp_path / "daemon.toml"
     config.write_text("[auth]\ndisabled = true\n")
     env = {**os.environ, "PATH": "/nonexistent"}
@@ -315,3 +343,97 @@ def test_start_up_without_a_usable_sandbox_exits_2_naming_the_cause(tmp_path: Pa
     )
     assert blocked.returncode == 2, blocked.stderr
     assert "cannot create a sandbox" in blocked.stderr and "RestrictNamespaces" in blocked.stderr
+
+
+UNPRIVILEGED = "awk-sandbox-test"
+
+
+@asynccontextmanager
+async def api_at(base_url: str, token: str) -> AsyncIterator[Api]:
+    api = Api(base_url, token)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+def unprivileged_user() -> pwd.struct_passwd:
+    """The user the test runs the daemon as, as the unit runs it (created if missing)."""
+    try:
+        return pwd.getpwnam(UNPRIVILEGED)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        UNPRIVILEGED], check=True)
+        return pwd.getpwnam(UNPRIVILEGED)
+
+
+async def test_an_unprivileged_daemon_sandboxes_its_agents_with_user_namespaces(fake_model_url: str) -> None:
+    """As under systemd (User=agent-webkitd): no root, so bubblewrap's namespaces are
+    unprivileged user namespaces, and the agent is that user with no capabilities."""
+    if os.geteuid() != 0:
+        pytest.skip("the suite already runs unprivileged: every daemon in it is this case")
+    user = unprivileged_user()
+    workdir = Path(tempfile.mkdtemp(prefix="awk-unprivileged-"))  # /tmp/pytest-of-root is root's
+    try:
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        port = free_port()
+        config = sandboxed_config(fake_model_url, workdir)
+        config["server"] = {"host": "127.0.0.1", "port": port}
+        (workdir / "daemon.toml").write_text(dump_toml(config))
+        # The venv's interpreter lives under /root (0700): the system's Python 3.11 with the
+        # venv's packages, as a user of its own would run it.
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "PYTHONPATH": f"{ROOT}:{site}",
+               "AGENT_WEBKIT_AUTH_TOKEN": TOKEN, "ALICE_TOKEN": ALICE_TOKEN, "BOB_TOKEN": BOB_TOKEN,
+               "ANTHROPIC_API_KEY": REAL_KEY}
+        with open(workdir / "daemon.log", "wb") as log:  # noqa: ASYNC230 - before the loop runs it
+            proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
+                ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                 "--inh-caps=-all", "/usr/bin/python3", "-m", "agent_webkitd", "--config", "daemon.toml"],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            async with asyncio.timeout(TIMEOUT_S), api_at(base_url, BOB_TOKEN) as api:
+                while True:
+                    assert proc.poll() is None, (workdir / "daemon.log").read_text()
+                    try:
+                        if (await api.request("GET", "/healthz"))[0] == 200:
+                            break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
+                bob = await Agent.open(api)
+                out = await bob.bash("id -u; grep CapEff /proc/self/status; echo mine > mine.txt; "
+                                     "cat mine.txt; ls /root; cat /proc/1/environ | tr '\\0' '\\n'")
+                assert f"{user.pw_uid}\n" in out and "CapEff:\t0000000000000000" in out
+                assert "mine" in out and "No such file" in out and REAL_KEY not in out
+                workspace = workdir / "workspaces" / bob.id
+                assert workspace.stat().st_uid == user.pw_uid and workspace.stat().st_mode & 0o777 == 0o700
+                assert (workspace / "mine.txt").read_text() == "mine\n"
+                bob.stream.close()
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0, (workdir / "daemon.log").read_text()[-3000:]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_check_sandbox_reports_what_an_agent_reaches(tmp_path: Path) -> None:
+    """The operator's check: exit 0 when the sandbox holds, 1 (with the problems) when not."""
+    def check(extra: str) -> tuple[int, dict[str, Any]]:
+        config = tmp_path / "daemon.toml"
+        config.write_text(f"[auth]\ndisabled = true\n{extra}")
+        (tmp_path / ".env").write_text("A=1\n")
+        done = subprocess.run([sys.executable, "-m", "agent_webkitd", "check-sandbox", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = check("")
+    assert (code, report["ok"], report["problems"]) == (0, True, []), report
+    findings = report["findings"]
+    assert "capabilities 0000000000000000" in findings and "blocked 1.1.1.1/443" in findings
+    assert f"hidden {tmp_path}" in findings and "hidden /root" in findings  # the config's folder
+    assert f"reaches 127.0.0.1/{BRIDGE_PORT}" in findings  # the model gateway, the one way out
+    code, report = check('[agent]\nsandbox = "none"\n')
+    assert code == 1 and not report["ok"]
+    assert "the agent can read /root" in report["problems"]

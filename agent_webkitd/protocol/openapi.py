@@ -303,7 +303,25 @@ SCHEMAS: dict[str, Schema] = {
             obj({"sessions": {"type": "array", "items": ref("Session")}}, ("sessions",)),
         ],
     },
-    "Health": {"allOf": [ref("Counts"), obj({"ok": {"const": True}}, ("ok",))]},
+    "Health": {
+        "allOf": [
+            ref("Counts"),
+            obj(
+                {
+                    "ok": {"const": True},
+                    "sandbox": {
+                        "enum": ["bwrap", "none"],
+                        "description": "how agents run: in a bubblewrap sandbox, or unconfined",
+                    },
+                    "network": {
+                        "enum": ["none", "host"],
+                        "description": "what a sandboxed agent reaches: the model only, or the host's network",
+                    },
+                },
+                ("ok", "sandbox", "network"),
+            ),
+        ]
+    },
     "Artefact": obj(
         {
             "artefact_id": ANY_TEXT,

@@ -35,13 +35,17 @@ STOP_TIMEOUT_S = 30
 DEMO_HIBERNATE_AFTER_S = 30
 
 
-def daemon_toml(port: int, workdir: Path, cli_env: dict[str, str]) -> str:
+def daemon_toml(port: int, workdir: Path, model_url: str, cli_env: dict[str, str]) -> str:
     sections: dict[str, dict[str, Any]] = {
         "server": {"host": HOST, "port": port},
         "auth": {"disabled": True},  # the daemon allows this on a loopback address only
         "sessions": {"hibernate_after_s": DEMO_HIBERNATE_AFTER_S},  # short, to see a wake
-        "agent": {"cli_path": "", "cwd": str(workdir), "allowed_cwd_roots": [str(workdir)]},
-        "agent.env": cli_env,
+        # Every CLI in its bubblewrap sandbox, each session in <workdir>/<session id>/.
+        "agent": {"cli_path": "", "workspaces_dir": str(workdir), "sandbox": "bwrap", "network": "none"},
+        # The model gateway sends the agents' requests to the stand-in with the daemon's key.
+        "model": {"upstream_url": model_url},
+        "agent.env": {k: v for k, v in cli_env.items()
+                      if not k.startswith("ANTHROPIC_") and k != "CLAUDE_CONFIG_DIR"},
         "logging": {"format": "console", "level": "info"},
     }
     return dump_toml(sections)
@@ -50,9 +54,11 @@ def daemon_toml(port: int, workdir: Path, cli_env: dict[str, str]) -> str:
 def banner(base: str, workdir: Path, model_url: str) -> str:
     return f"""
 agent-webkitd demo: {base}   (auth off, loopback only)
-  real bundled Claude Code CLI -> stand-in model at {model_url} (offline, no key needed)
-  sessions work in {workdir}
+  real bundled Claude Code CLI, in a bubblewrap sandbox -> the daemon's model gateway ->
+  stand-in model at {model_url} (offline, no key needed)
+  each session works in {workdir}/<session id>/
   the stand-in model replies by keyword: "write" (Write out.txt), "ask", "slow", "history",
+  "bash: <command>" (runs it with Bash), "read: <path>" (the Read tool),
   "make artefact <title>", "update artefact <id> <text>", "read artefact <id>"
 
 Terminal 2, create a session and watch it:
@@ -68,7 +74,13 @@ The stream shows `event: permission_request` with a correlation_id; approve it:
   curl -s -w '%{{http_code}}\\n' -X POST {base}/sessions/$S/input \\
        -H 'Content-Type: application/json' \\
        -d '{{"type":"permission_response","correlation_id":"<correlation_id>","behavior":"allow"}}'
-  cat {workdir}/out.txt
+  cat {workdir}/$S/out.txt
+
+Try to break out, as an attacker with this session would (approve it as above); the
+tool_result shows a session key, an empty /proc/1/environ, no /root, no way out:
+  curl -s -w '%{{http_code}}\\n' -X POST {base}/sessions/$S/input \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"type":"user_message","content":"bash: env; ls / /root; ps ax; cat /proc/1/environ"}}'
 
 Stop the stream (Ctrl-C) and resume after the last id you saw (say 14):
   curl -N -H 'Last-Event-ID: 14' {base}/sessions/$S/stream
@@ -115,13 +127,14 @@ async def run(port: int, workdir: Path, tmp: Path) -> int:
     async with run_fake_model(HOST, 0) as model_url:
         config_path = tmp / "demo.toml"
         cli_env = offline_cli_env(model_url, tmp / "claude-config")
-        await asyncio.to_thread(config_path.write_text, daemon_toml(port, workdir, cli_env))
+        toml = daemon_toml(port, workdir, model_url, cli_env)
+        await asyncio.to_thread(config_path.write_text, toml)
         base = f"http://{HOST}:{port}"
         # Its own session: a terminal's Ctrl-C reaches only this process, which then
         # sends the daemon exactly one SIGTERM (a second signal mid-exit would kill it).
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agent_webkitd", "--config", str(config_path),
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, "ANTHROPIC_API_KEY": "demo-key"},
         )
         try:
             return await supervise(daemon, base, workdir, model_url, signals)
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.standin.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765, help="daemon port on 127.0.0.1 (default 8765)")
     parser.add_argument("--workdir", type=Path, default=Path("demo-work"),
-                        help="the sessions' working directory, created if missing (default ./demo-work)")
+                        help="where each session's workspace is made (default ./demo-work)")
     args = parser.parse_args(argv)
     if not port_is_free(args.port):
         print(f"demo: {HOST}:{args.port} is in use (another daemon?); pick one with --port", file=sys.stderr)
