@@ -310,6 +310,7 @@ async def test_sandbox_none_is_loud_and_still_keeps_the_key_out_of_the_agent(
     workdir = tmp_path / "daemon0"
     config = sandboxed_config(fake_model_url, workdir)
     config["agent"]["sandbox"] = "none"
+    config["agent"]["env"]["CLAUDE_CODE_OAUTH_TOKEN"] = "oauth-from-an-old-config"  # never passed on
     daemon = await start_daemon(config, env={"ANTHROPIC_API_KEY": REAL_KEY, "ALICE_TOKEN": ALICE_TOKEN,
                                              "BOB_TOKEN": BOB_TOKEN})
     assert '"event": "sandbox_off"' in daemon.logs()
@@ -317,8 +318,9 @@ async def test_sandbox_none_is_loud_and_still_keeps_the_key_out_of_the_agent(
         health = await (await api.http.get(daemon.base_url + "/healthz")).json()
         assert health["sandbox"] == "none"
         bob = await Agent.open(api)
-        out = await bob.bash("env | grep -E 'ANTHROPIC|CLAUDE_CONFIG_DIR'; pwd")
+        out = await bob.bash("env | grep -E 'ANTHROPIC|CLAUDE_CONFIG_DIR|OAUTH'; pwd")
         assert REAL_KEY not in out and "ANTHROPIC_API_KEY=awk-session-" in out
+        assert "oauth-from-an-old-config" not in out
         assert str(daemon.workspace(bob.id)) in out
         calls = [r for r in await fetch_requests(fake_model_url) if r["path"].startswith("/v1/")]
         assert {c["x_api_key"] for c in calls} == {REAL_KEY}
@@ -437,3 +439,34 @@ def test_check_sandbox_reports_what_an_agent_reaches(tmp_path: Path) -> None:
     code, report = check('[agent]\nsandbox = "none"\n')
     assert code == 1 and not report["ok"]
     assert "the agent can read /root" in report["problems"]
+
+
+async def test_a_sandbox_that_fails_for_one_session_fails_its_create_loudly_never_unconfined(
+    start_daemon: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """bubblewrap refusing one CLI (here: its binary is gone) is that create's 502 with
+    bubblewrap's own words; nothing runs outside the sandbox instead."""
+    gone = tmp_path / "claude-gone"
+    daemon = await start_daemon({"agent": {"cli_path": str(gone), "start_timeout_s": 20}})
+    async with api_for(daemon) as api:
+        status, body, _ = await api.request("POST", "/sessions", {})
+        assert status == 502 and body["error"]["code"] == "agent_start_failed", body
+        assert f"Can't find source path {gone}" in body["error"]["message"]
+        assert '"event": "agent_start_failed"' in daemon.logs()
+        _, listing, _ = await api.request("GET", "/sessions")
+        assert listing["sessions"] == [] and not list((daemon.workdir / "workspaces").glob("*-*"))
+
+
+async def test_with_the_model_down_the_turn_fails_with_the_gateways_502_and_the_daemon_serves_on(
+    start_daemon: Callable[..., Any], tmp_path: Path,
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    daemon = await start_sandboxed(start_daemon, down, tmp_path)
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, BOB_TOKEN) as api:
+        bob = await Agent.open(api)
+        await api.say(bob.id, "hello")
+        result = await bob.stream.until("result", 60)
+        assert result.data["is_error"] is True and "502" in json.dumps(result.data), result.data
+        assert '"event": "model_upstream_unreachable"' in daemon.logs()
+        assert (await api.request("GET", "/healthz"))[0] == 200
+        bob.stream.close()

@@ -160,7 +160,8 @@ class Confinement:
             self._agent_env, self.base_url(), key, cwd, marker_env, confined=self.confined
         )
         if not self.confined:
-            env = {**options.env, **inside, "CLAUDE_CONFIG_DIR": state_dir}
+            kept = {k: v for k, v in options.env.items() if k not in DAEMONS_VARIABLES}
+            env = {**kept, **inside, "CLAUDE_CONFIG_DIR": state_dir}
             return Confined(
                 dataclasses.replace(options, env=env), lambda: self._gateway.revoke(key)
             )
