@@ -35,6 +35,10 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   cost     ours only: the daemon's own CPU per delivered event at 1 and 200 sessions streaming
            together, next to the SDK alone's CPU per frame in the same run; with
            --cost-profile, where the daemon's time goes (py-spy) (bench/costs.py)
+  sandbox  ours only, the real bundled CLI + stand-in model: [agent] sandbox = "bwrap" against
+           "none", samples interleaved: cold create and wake latency (ratios), warm creates,
+           the sandbox's memory per live CLI, and the model gateway's added time to a
+           response's first byte (bench/sandbox.py)
 
 Raw results: bench/results/<timestamp>.json.
 """
@@ -64,13 +68,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import costs, embedded, hibernation, pgdb, principals  # noqa: E402
+from bench import costs, embedded, hibernation, pgdb, principals, sandbox  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
 PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
-          "cost")
-OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost")  # need no peer installed
+          "cost", "sandbox")
+OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost", "sandbox")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -558,6 +562,9 @@ class Bench:
     async def phase_cost(self) -> dict[str, Any]:
         return await costs.phase_cost(self)
 
+    async def phase_sandbox(self) -> dict[str, Any]:
+        return await sandbox.phase_sandbox(self)
+
     async def phase_scale(self) -> dict[str, Any]:
         a = self.args
         n = a.scale_sessions
@@ -887,6 +894,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     rows += principals.rows(results)
     rows += hibernation.rows(results)
     rows += costs.rows(results)
+    rows += sandbox.rows(results)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]
@@ -1033,6 +1041,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         " of K assistant frames as fast as the CLI can")
     p.add_argument("--cost-profile", action="store_true",
                    help="the cost phase also profiles one turn at the top session count with py-spy")
+    p.add_argument("--sandbox-samples", type=int,
+                   help="sandbox phase: cold creates, wakes and warm creates per mode (default 20, quick 6)")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
@@ -1072,6 +1082,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown --cost-store {bad_stores}; choose from memory, sqlite")
     args.cost_min_events = args.cost_min_events or (2000 if q else 10_000)
     args.cost_timeout = 120.0
+    args.sandbox_samples = args.sandbox_samples or (6 if q else 20)
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:

@@ -281,6 +281,8 @@ class Ours(Server):
                 "allowed_cwd_roots": [str(self.sessions_root)],
                 "include_partial_messages": True,
                 **(agent or {}),
+                # Sandboxed CLIs get only [agent.env]: the marker must be there to find them.
+                "env": {**(agent or {}).get("env", {}), MARK_ENV: self.mark},
             },
             "logging": {"level": "warning"},
         }
