@@ -470,3 +470,20 @@ async def test_with_the_model_down_the_turn_fails_with_the_gateways_502_and_the_
         assert '"event": "model_upstream_unreachable"' in daemon.logs()
         assert (await api.request("GET", "/healthz"))[0] == 200
         bob.stream.close()
+
+
+async def test_a_client_chosen_cwd_never_holds_the_daemons_files_or_another_workspace(
+    start_daemon: Callable[..., Any], tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "daemon0"  # the config, .env, the store and the workspaces are here
+    daemon = await start_daemon({"agent": {"allowed_cwd_roots": [str(workdir)]}})
+    async with api_for(daemon) as api:
+        mine = await api.create()
+        (workdir / "elsewhere").mkdir()
+        for cwd, allowed in ((workdir, False), (workdir / "workspaces", False),
+                             (daemon.workspace(mine), False), (workdir / "elsewhere", True)):
+            status, body, _ = await api.request("POST", "/sessions", {"cwd": str(cwd)})
+            if allowed:
+                assert status == 200, body
+            else:
+                assert (status, body["error"]["code"]) == (403, "cwd_not_allowed"), (cwd, body)

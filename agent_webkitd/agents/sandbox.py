@@ -118,7 +118,7 @@ class Confinement:
         self._runtime = runtime_dir
         self._agent_env = {k: v for k, v in agent.env.items() if k not in DAEMONS_VARIABLES}
         self._ro_paths = agent.sandbox_ro_paths
-        self._hidden = hidden  # the daemon's own files, masked where the system shows them
+        self.hidden = hidden  # the daemon's own files, masked where the system shows them
         self._launcher = runtime_dir / "launch-agent"
         self._bwrap = shutil.which("bwrap") or ""
 
@@ -198,7 +198,7 @@ class Confinement:
                 view += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 view += ["--ro-bind", path, path]
-        for path in self._hidden:
+        for path in self.hidden:
             if _under(path, SYSTEM_PATHS) and os.path.exists(path):
                 view += (
                     ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]

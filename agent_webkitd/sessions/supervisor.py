@@ -493,9 +493,16 @@ class Supervisor:
             return agent.cwd or None
         real = os.path.realpath(requested)
         roots = [os.path.realpath(r) for r in agent.allowed_cwd_roots]
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        if not any(_within(real, root) for root in roots):
             raise ApiError(
                 403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root"
+            )
+        # The folder is the agent's, read-write: never one holding the daemon's own files
+        # (an allowed root set too wide), nor another session's workspace.
+        own = (*self.confinement.hidden, str(self.workspaces.root))
+        if any(_within(path, real) for path in own) or _within(real, str(self.workspaces.root)):
+            raise ApiError(
+                403, "cwd_not_allowed", f"cwd {requested!r} holds the daemon's own files"
             )
         try:
             is_dir = Path(real).is_dir()
@@ -555,3 +562,7 @@ class Supervisor:
         self.metrics.decisions_pending.set(
             {}, sum(len(s.bridge.decisions.pending) for s in sessions)
         )
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
