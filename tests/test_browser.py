@@ -109,7 +109,7 @@ async def test_core_client_runs_a_turn_with_a_permission_prompt_using_a_users_jw
     assert [e["id"] for e in result["events"]] == list(range(1, len(names) + 1))
     request = next(e for e in result["events"] if e["event"] == "permission_request")
     assert request["data"]["tool_name"] == "Write"
-    written = daemon.workdir / "default-cwd" / "out.txt"
+    written = daemon.workspace(result["sessionId"]) / "out.txt"  # the session's own workspace
     assert written.read_text() == "hello\n"  # the real CLI ran the approved tool
     # Resuming sends Last-Event-ID, which the browser preflights: it must be allowed.
     async with asyncio.timeout(TIMEOUT_S):

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 
+from agent_webkitd.agents.gateway import ModelGateway
+from agent_webkitd.agents.sandbox import Confinement
+from agent_webkitd.agents.workspaces import Workspaces
 from agent_webkitd.config import Config
 from agent_webkitd.http.routes import build_app
 from agent_webkitd.metrics import Metrics
@@ -21,8 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
-async def test_the_document_and_the_app_have_exactly_the_same_routes() -> None:
-    app = build_app(Config(), Supervisor(Config(), MemoryStore(), Metrics()), "token")
+async def test_the_document_and_the_app_have_exactly_the_same_routes(tmp_path: Path) -> None:
+    config = Config()
+    gateway = ModelGateway("http://127.0.0.1:9", None, tmp_path / "model.sock", tcp=True)  # not started
+    confinement = Confinement(config.agent, gateway, tmp_path, ())
+    supervisor = Supervisor(config, MemoryStore(), Metrics(), confinement, Workspaces(tmp_path))
+    app = build_app(config, supervisor, "token")  # type: ignore[arg-type]
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
