@@ -53,8 +53,11 @@ ENV_LEAKS = (TOKEN, ALICE_TOKEN, BOB_TOKEN, REAL_KEY, DOTENV_SECRET, "postgresql
 @pytest.fixture
 async def loopback_service() -> AsyncIterator[int]:
     """A service on the host's loopback, as a metadata endpoint or admin UI would be."""
+    async def secret(_: web.Request) -> web.Response:
+        return web.Response(text=LOOPBACK_SECRET)
+
     app = web.Application()
-    app.router.add_get("/", lambda _: web.Response(text=LOOPBACK_SECRET))
+    app.router.add_get("/", secret)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -487,3 +490,22 @@ async def test_a_client_chosen_cwd_never_holds_the_daemons_files_or_another_work
                 assert status == 200, body
             else:
                 assert (status, body["error"]["code"]) == (403, "cwd_not_allowed"), (cwd, body)
+
+
+async def test_network_host_reaches_the_model_through_the_gateways_port_and_the_hosts_loopback(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path, loopback_service: int,
+) -> None:
+    """The documented risk of `network = "host"`: the host's loopback is the agent's too;
+    the files stay confined and the key stays with the gateway."""
+    daemon = await start_sandboxed(start_daemon, fake_model_url, tmp_path, network="host")
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, BOB_TOKEN) as api:
+        bob = await Agent.open(api)
+        out = await bob.bash(
+            f"env | grep ANTHROPIC; ls {daemon.workdir}; python3 -c \"import urllib.request as u; "
+            f"print(u.urlopen('http://127.0.0.1:{loopback_service}/').read())\""
+        )
+        assert LOOPBACK_SECRET in out and "ANTHROPIC_API_KEY=awk-session-" in out and REAL_KEY not in out
+        assert "daemon.toml" not in out and "sessions.db" not in out
+        calls = [r for r in await fetch_requests(fake_model_url) if r["path"].startswith("/v1/")]
+        assert calls and {c["x_api_key"] for c in calls} == {REAL_KEY}
+        bob.stream.close()
