@@ -386,14 +386,22 @@ async def test_an_unprivileged_daemon_sandboxes_its_agents_with_user_namespaces(
         config["server"] = {"host": "127.0.0.1", "port": port}
         (workdir / "daemon.toml").write_text(dump_toml(config))
         # The venv's interpreter lives under /root (0700): the system's Python 3.11 with the
-        # venv's packages, as a user of its own would run it.
+        # venv's packages, as a user of its own would run it. The checkout and the venv may
+        # lie in folders that user cannot enter either, so they are bind-mounted for the
+        # daemon at folders it can (in a mount namespace of its own).
         site = next(p for p in sys.path if p.endswith("site-packages"))
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "PYTHONPATH": f"{ROOT}:{site}",
+        code, packages = workdir / "code", workdir / "packages"
+        for mount_point in (code, packages):
+            mount_point.mkdir(mode=0o755)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "PYTHONPATH": f"{code}:{packages}",
                "AGENT_WEBKIT_AUTH_TOKEN": TOKEN, "ALICE_TOKEN": ALICE_TOKEN, "BOB_TOKEN": BOB_TOKEN,
                "ANTHROPIC_API_KEY": REAL_KEY}
+        mount = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
         with open(workdir / "daemon.log", "wb") as log:  # noqa: ASYNC230 - before the loop runs it
             proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
-                ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
+                 str(ROOT), str(code), site, str(packages),
+                 "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
                  "--inh-caps=-all", "/usr/bin/python3", "-m", "agent_webkitd", "--config", "daemon.toml"],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
