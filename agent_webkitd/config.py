@@ -126,6 +126,8 @@ class AgentConfig:
     network: str = "none"  # "none": only the model, through the gateway; "host": the host's
     workspaces_dir: str = "workspaces"  # one folder per session; relative to the config file
     sandbox_ro_paths: tuple[str, ...] = ()  # more read-only paths the agent may see (tools)
+    max_upload_bytes: int = 104_857_600  # one file uploaded to a workspace over HTTP
+    max_workspace_bytes: int = 1_073_741_824  # what an upload may fill a workspace to; 0 = any
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,8 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)
     _positive("agent.start_timeout_s", a.start_timeout_s)
     _positive("agent.warm_agents", a.warm_agents, zero_ok=True)
+    _positive("agent.max_upload_bytes", a.max_upload_bytes)
+    _positive("agent.max_workspace_bytes", a.max_workspace_bytes, zero_ok=True)
     _positive("server.write_timeout_s", config.server.write_timeout_s)
     _positive("server.max_streams", config.server.max_streams)
     _positive("sessions.max_streams_per_session", s.max_streams_per_session)

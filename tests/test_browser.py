@@ -211,3 +211,45 @@ async def test_a_page_from_an_origin_not_on_the_list_is_blocked_by_the_browser(
         # The preflight failed, so the create never reached the daemon.
         assert (await admin.request("GET", "/sessions"))[1]["live_sessions"] == before + 1
     assert json.dumps(ticket["ticket"]) not in daemon.logs()
+
+
+async def test_a_page_uploads_a_file_to_the_workspace_and_downloads_the_agents_copy(
+    browser: Browser, site: int, daemon: Daemon, idp: Idp
+) -> None:
+    """Workspace files from another origin (DESIGN §13): a File from the page goes in with
+    PUT, the CLI copies it with Bash, the page takes the copy away as a Blob."""
+    token = idp.token("alice")
+    async with api_for(daemon, token) as api:
+        session_id = await api.create()
+        page = await open_page(browser, f"http://127.0.0.1:{site}")
+        async with asyncio.timeout(TIMEOUT_S):
+            uploaded = await page.evaluate(
+                """async ([base, token, id]) => {
+                    const file = new File(["héllo from the page\\n"], "note.txt", {type: "text/plain"});
+                    const put = await fetch(`${base}/sessions/${id}/files/in/${file.name}`,
+                        {method: "PUT", body: file, headers: {Authorization: `Bearer ${token}`}});
+                    return [put.status, await put.json()];
+                }""",
+                [daemon.base_url, token, session_id],
+            )
+        assert uploaded == [201, {"path": "in/note.txt", "bytes": len("héllo from the page\n".encode())}]
+        assert (daemon.workspace(session_id) / "in" / "note.txt").read_text() == "héllo from the page\n"
+        stream = await api.open_stream(session_id)
+        await api.say(session_id, "bash: mkdir -p out && cp in/note.txt out/copy.txt")
+        request = await stream.until("permission_request", TIMEOUT_S)
+        allow = {"type": "permission_response", "correlation_id": request.data["correlation_id"], "behavior": "allow"}
+        assert await api.send(session_id, allow) == (204, "")
+        await stream.until("result", TIMEOUT_S)
+        stream.close()
+        async with asyncio.timeout(TIMEOUT_S):
+            downloaded = await page.evaluate(
+                """async ([base, token, id]) => {
+                    const got = await fetch(`${base}/sessions/${id}/files/out/copy.txt`,
+                        {headers: {Authorization: `Bearer ${token}`}});
+                    const blob = await got.blob();
+                    return [got.status, await blob.text(), got.headers.get("Content-Disposition"),
+                            got.headers.get("ETag") !== null];
+                }""",
+                [daemon.base_url, token, session_id],
+            )
+        assert downloaded == [200, "héllo from the page\n", "attachment; filename*=UTF-8''copy.txt", True]

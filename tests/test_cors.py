@@ -33,7 +33,7 @@ async def test_preflights_from_an_allowed_origin_need_no_token_and_allow_the_pro
                 assert resp.status == 204, path
                 assert resp.headers["Access-Control-Allow-Origin"] == ALLOWED
                 assert resp.headers["Vary"] == "Origin"
-                assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE"
+                assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST, PUT, DELETE"
                 allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
                 assert allowed == {"authorization", "content-type", "last-event-id", "x-subscriber-id"}
                 assert "Access-Control-Allow-Credentials" not in resp.headers

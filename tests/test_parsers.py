@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_webkitd.agents import workspace_files
 from agent_webkitd.errors import ApiError
 from agent_webkitd.http import sse
 from agent_webkitd.protocol import openapi, wire
@@ -81,3 +84,43 @@ def test_a_cursor_is_a_number_none_or_a_400(header: str | None, query: str | Non
         return
     else:
         assert cursor is None or 0 <= cursor < 10**18
+
+
+# -- workspace paths (agents/workspace_files.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace beside a secret, with what an agent could plant: links out, a FIFO."""
+    base = tmp_path_factory.mktemp("fuzz-workspace")
+    (base / "secret.txt").write_text("SECRET")
+    workspace = base / "workspace"
+    (workspace / "d").mkdir(parents=True)
+    (workspace / "mine.txt").write_text("mine")
+    (workspace / "up").symlink_to("..")
+    (workspace / "d" / "up").symlink_to("../..")
+    (workspace / "abs").symlink_to(base / "secret.txt")
+    os.mkfifo(workspace / "pipe")
+    return workspace
+
+
+PATH_PIECES = st.sampled_from(["..", ".", "", "up", "d", "abs", "pipe", "mine.txt", "secret.txt",
+                               "/", "\x00", "\x01", "\x7f", "x" * 256, "é", "\udcff", "%2e%2e"])
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.lists(st.one_of(PATH_PIECES, st.text(max_size=8)), max_size=6).map("/".join))
+def test_no_path_leads_out_of_a_workspace(planted_workspace: Path, path: str) -> None:
+    try:
+        parts = workspace_files.parts_of(path)
+    except workspace_files.BadPath:
+        return
+    assert all(p not in ("", ".", "..") and "/" not in p and "\x00" not in p for p in parts)
+    try:
+        fd, _ = workspace_files.open_for_reading(str(planted_workspace), path)
+    except workspace_files.NotThere:
+        return
+    try:
+        assert os.read(fd, 100) == b"mine" and path == "mine.txt"  # the one regular file
+    finally:
+        os.close(fd)

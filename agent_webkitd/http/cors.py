@@ -17,9 +17,9 @@ from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-ALLOW_METHODS = "GET, POST, DELETE"
+ALLOW_METHODS = "GET, POST, PUT, DELETE"  # PUT: workspace uploads
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Subscriber-ID"
-EXPOSE_HEADERS = "X-Subscriber-ID, Retry-After, WWW-Authenticate"
+EXPOSE_HEADERS = "X-Subscriber-ID, Retry-After, WWW-Authenticate, ETag, Content-Disposition"
 MAX_AGE_S = "600"
 
 ORIGINS = web.AppKey("cors_origins", frozenset[str])

@@ -30,6 +30,7 @@ from ..sessions.session import Session
 from ..sessions.supervisor import Supervisor
 from . import cors, sse
 from .auth import AUTH, NO_STORE, PRINCIPAL, Auth, auth_middleware, no_store_for_tickets
+from .files import WorkspaceFiles
 
 log = structlog.get_logger(__name__)
 OPENAPI = openapi.render().encode()
@@ -372,6 +373,7 @@ def build_app(
     app.router.add_get(
         "/sessions/{session_id}/artefacts/{artefact_id}/versions", list_artefact_versions
     )
+    WorkspaceFiles(find_session, config.agent).add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -355,6 +355,28 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("session_id", "artefacts"),
     ),
+    "FileList": obj(
+        {
+            "session_id": ANY_TEXT,
+            "path": {**ANY_TEXT, "description": "the folder listed; empty = the workspace"},
+            "files": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "path": {**ANY_TEXT, "description": "relative to the workspace"},
+                        "type": {"enum": ["file", "dir", "symlink", "other"]},
+                        "bytes": {"type": "integer"},
+                        "mtime": {"type": "number", "description": "seconds since the epoch"},
+                    },
+                    ("path", "type", "bytes", "mtime"),
+                ),
+                "description": "everything under the folder, links not followed",
+            },
+            "truncated": {"type": "boolean", "description": "cut at 10,000 entries"},
+        },
+        ("session_id", "path", "files", "truncated"),
+    ),
+    "FileWritten": obj({"path": ANY_TEXT, "bytes": {"type": "integer"}}, ("path", "bytes")),
     "ArtefactContent": {
         "allOf": [
             ref("Artefact"),
@@ -610,10 +632,10 @@ ERRORS = {
     400: "Bad request",
     401: "Missing or invalid bearer token",
     403: "Not allowed by the operator's policy",
-    404: "No such session (or it is closed), or no such artefact or version",
+    404: "No such session (or it is closed), or no such artefact, version or file",
     409: "The decision was already made, or never issued",
     412: "The Last-Event-ID cursor is no longer (or not yet) available",
-    413: "Request body too large",
+    413: "Request body too large, or more than the workspace may hold",
     429: "Too many at once on this session: retry after Retry-After seconds",
     502: "The agent process failed",
     503: "Unavailable now: retry after Retry-After seconds",
@@ -648,6 +670,14 @@ SESSION_ID = {
     "schema": {"type": "string"},
 }
 DURABLE_ERRORS = ["session_elsewhere", "store_unavailable"]
+FILE_PATH = {
+    "name": "path",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "relative to the workspace; no `..`, `.`, empty parts or"
+    " control characters; never through a symlink",
+}
 ARTEFACT_ID = {
     "name": "artefact_id",
     "in": "path",
@@ -925,6 +955,96 @@ def paths() -> dict[str, Any]:
                     "200": ok("The versions", ref("ArtefactVersions")),
                     **errors(
                         {**AUTH, 404: ["not_found", "artefact_not_found"], 503: DURABLE_ERRORS}
+                    ),
+                },
+            },
+        },
+        "/sessions/{session_id}/files": {
+            "parameters": [SESSION_ID],
+            "get": {
+                "operationId": "listFiles",
+                "summary": "Everything in the session's workspace, or under one folder of it"
+                " (a hibernated session is not woken)",
+                "parameters": [
+                    {"name": "path", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": ok("The files", ref("FileList")),
+                    **errors(
+                        {
+                            400: ["bad_path"],
+                            **AUTH,
+                            404: ["not_found", "file_not_found"],
+                            503: DURABLE_ERRORS,
+                        }
+                    ),
+                },
+            },
+        },
+        "/sessions/{session_id}/files/{path}": {
+            "parameters": [SESSION_ID, FILE_PATH],
+            "get": {
+                "operationId": "downloadFile",
+                "summary": "A regular file of the workspace, as an attachment with an ETag"
+                " (If-None-Match: 304)",
+                "responses": {
+                    "200": {
+                        "description": "The file's bytes",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    "304": ok("Not modified since the ETag given"),
+                    **errors(
+                        {
+                            400: ["bad_path"],
+                            **AUTH,
+                            404: ["not_found", "file_not_found"],
+                            503: DURABLE_ERRORS,
+                        }
+                    ),
+                },
+            },
+            "put": {
+                "operationId": "uploadFile",
+                "summary": "Write the raw body to a file of the workspace (folders made as"
+                " needed); nothing is left of an upload that fails",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": ok("Replaced", ref("FileWritten")),
+                    "201": ok("Created", ref("FileWritten")),
+                    **errors(
+                        {
+                            400: ["bad_path"],
+                            **AUTH,
+                            404: ["not_found", "file_not_found"],
+                            413: ["upload_too_large", "workspace_full"],
+                            503: DURABLE_ERRORS,
+                        }
+                    ),
+                },
+            },
+            "delete": {
+                "operationId": "deleteFile",
+                "summary": "Delete a file, a link (not its target) or a folder with its contents",
+                "responses": {
+                    "204": ok("Deleted"),
+                    **errors(
+                        {
+                            400: ["bad_path"],
+                            **AUTH,
+                            404: ["not_found", "file_not_found"],
+                            503: DURABLE_ERRORS,
+                        }
                     ),
                 },
             },
