@@ -96,6 +96,7 @@ class SessionsConfig:
     inbound_queue_size: int = 16
     hibernate_after_s: float = 120  # stop the CLI of a session idle this long; 0 = never
     max_live_agents: int = 0  # CLI processes at once; 0 = max_sessions
+    max_sessions_per_principal: int = 0  # one principal's sessions on this host; 0 = no share
     max_concurrent_starts: int = 4  # CLIs starting at once (wakes, creates)
     turn_idle_timeout_s: float = 1800  # a turn silent this long is interrupted; 0 = never
     turn_kill_grace_s: float = 10  # ...and its CLI killed if the interrupt does not end it
@@ -313,6 +314,7 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.inbound_queue_size", s.inbound_queue_size)
     _positive("sessions.hibernate_after_s", s.hibernate_after_s, zero_ok=True)
     _positive("sessions.max_live_agents", s.max_live_agents, zero_ok=True)
+    _positive("sessions.max_sessions_per_principal", s.max_sessions_per_principal, zero_ok=True)
     _positive("sessions.max_concurrent_starts", s.max_concurrent_starts)
     _positive("sessions.turn_idle_timeout_s", s.turn_idle_timeout_s, zero_ok=True)
     _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)

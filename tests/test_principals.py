@@ -350,3 +350,22 @@ async def test_with_postgres_ownership_holds_after_failover_and_tickets_work_on_
         assert status == 200 and info["owner"] == "jwt:alice"
         assert [s["session_id"] for s in (await alice_b.request("GET", "/sessions"))[1]["sessions"]] == [session_id]
         assert (await bob_b.request("GET", f"/sessions/{session_id}"))[0] == 404
+
+
+SHARE_TOKENS = {"auth": {"tokens": [{"name": "alice", "env": "ALICE_TOKEN"}, {"name": "bob", "env": "BOB_TOKEN"}]}}
+
+
+async def test_a_principal_at_its_share_of_sessions_gets_429_and_nobody_else_does(start_daemon: Any) -> None:
+    """[sessions] max_sessions_per_principal (DESIGN §13): concurrent creates count too."""
+    daemon = await start_daemon({"sessions": {"max_sessions_per_principal": 2}, **SHARE_TOKENS},
+                                env={"ALICE_TOKEN": "alice-share-token", "BOB_TOKEN": "bob-share-token"})
+    async with api_for(daemon, "alice-share-token") as alice, api_for(daemon, "bob-share-token") as bob:
+        answers = await asyncio.gather(*(alice.request("POST", "/sessions", {}) for _ in range(4)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [200, 200, 429, 429], answers
+        refused = next((body, headers) for status, body, headers in answers if status == 429)
+        assert refused[0]["error"]["code"] == "principal_at_capacity" and refused[1]["Retry-After"] == "5"
+        assert (await bob.request("POST", "/sessions", {}))[0] == 200  # bob has a share of his own
+        mine = next(body["session_id"] for status, body, _ in answers if status == 200)
+        assert await alice.delete(mine) == 204
+        assert (await alice.request("POST", "/sessions", {}))[0] == 200  # room again

@@ -636,7 +636,7 @@ ERRORS = {
     409: "The decision was already made, or never issued",
     412: "The Last-Event-ID cursor is no longer (or not yet) available",
     413: "Request body too large, or more than the workspace may hold",
-    429: "Too many at once on this session: retry after Retry-After seconds",
+    429: "Too many at once on this session, or for this principal: retry after Retry-After seconds",
     502: "The agent process failed",
     503: "Unavailable now: retry after Retry-After seconds",
 }
@@ -705,6 +705,7 @@ def paths() -> dict[str, Any]:
                             403: ["mode_not_allowed", "cwd_not_allowed"],
                             409: ["conversation_in_use"],
                             413: ["payload_too_large"],
+                            429: ["principal_at_capacity"],
                             502: ["agent_start_failed"],
                             503: ["at_capacity", "agents_busy", "draining", "store_unavailable"],
                         }

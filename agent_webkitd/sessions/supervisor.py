@@ -10,9 +10,10 @@ those idle past `idle_timeout_s`. The cap on CLI processes is the AgentSlots'.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
-from pathlib import Path
+from collections import Counter
+from collections.abc import Iterator
 
 import structlog
 
@@ -29,6 +30,7 @@ from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
 from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
+from .cwds import resolve_cwd
 from .resumes import Source, take_conversation
 from .session import Session, WakeFailed
 from .spec import SessionSpec
@@ -66,6 +68,7 @@ class Supervisor:
         self.draining = False
         self.streams = 0  # open SSE streams on this host
         self._starting = 0  # creations in flight, reserved against the cap
+        self._opening: Counter[str] = Counter()  # ...and by principal
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         # Claims in flight, by id and the owner they are limited to (None: an admin's).
@@ -256,6 +259,40 @@ class Supervisor:
     ) -> Session:
         """Store a new session and start its CLI (a warm one if it fits: it already works
         in the workspace of the session id it was started for)."""
+        with self._share_of(owner):
+            return await self._open_within_share(request, owner, mode, cwd, source)
+
+    @contextlib.contextmanager
+    def _share_of(self, owner: Principal) -> Iterator[None]:
+        """429 `principal_at_capacity` once a principal holds its share of this host's
+        sessions ([sessions] max_sessions_per_principal), creates in flight counted."""
+        share = self.config.sessions.max_sessions_per_principal
+        held = len(self._by_owner.get(owner.name, {})) + self._opening[owner.name]
+        if share and held >= share:
+            self.metrics.capacity_rejections.inc({"reason": "principal_at_capacity"})
+            raise ApiError(
+                429,
+                "principal_at_capacity",
+                f"you hold {held} sessions on this server, the most one principal may;"
+                " delete one, or retry when one has closed",
+                {"Retry-After": "5"},
+            )
+        self._opening[owner.name] += 1
+        try:
+            yield
+        finally:
+            self._opening[owner.name] -= 1
+            if not self._opening[owner.name]:
+                del self._opening[owner.name]
+
+    async def _open_within_share(
+        self,
+        request: wire.CreateSession,
+        owner: Principal,
+        mode: str,
+        cwd: str | None,
+        source: Source | None,
+    ) -> Session:
         warm_agent = None
         if source is None and request.cwd is None and self._warm_fits(request):
             warm_agent = self.warm.peek()
@@ -488,29 +525,8 @@ class Supervisor:
         self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
 
     def _resolve_cwd(self, requested: str | None) -> str | None:
-        agent = self.config.agent
-        if requested is None:
-            return agent.cwd or None
-        real = os.path.realpath(requested)
-        roots = [os.path.realpath(r) for r in agent.allowed_cwd_roots]
-        if not any(_within(real, root) for root in roots):
-            raise ApiError(
-                403, "cwd_not_allowed", f"cwd {requested!r} is not inside an allowed root"
-            )
-        # The folder is the agent's, read-write: never one holding the daemon's own files
-        # (an allowed root set too wide), nor another session's workspace.
         own = (*self.confinement.hidden, str(self.workspaces.root))
-        if any(_within(path, real) for path in own) or _within(real, str(self.workspaces.root)):
-            raise ApiError(
-                403, "cwd_not_allowed", f"cwd {requested!r} holds the daemon's own files"
-            )
-        try:
-            is_dir = Path(real).is_dir()
-        except OSError:  # a name too long, a path through a file, ...
-            is_dir = False
-        if not is_dir:
-            raise bad_request("cwd_not_found", f"cwd {requested!r} is not a directory")
-        return real
+        return resolve_cwd(requested, self.config.agent, own, str(self.workspaces.root))
 
     def open_stream(self, session: Session) -> None:
         """Count a new subscriber in, within the per-session and per-host stream limits."""
@@ -562,7 +578,3 @@ class Supervisor:
         self.metrics.decisions_pending.set(
             {}, sum(len(s.bridge.decisions.pending) for s in sessions)
         )
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
