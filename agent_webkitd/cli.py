@@ -127,7 +127,7 @@ def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
             return {"backup": str(destination)}
         if args.command == "migrate":
             return {"applied": migrate_file(path)}
-        return {"deleted": prune_file(path, args.older_than)}
+        return {"deleted": forget_folders(config, prune_file(path, args.older_than))}
     dsn = store_dsn(config)
     if not dsn:
         raise ConfigError("no database: set store.dsn or DATABASE_URL")
@@ -135,7 +135,16 @@ def _store_command(args: argparse.Namespace, config: Config) -> dict[str, Any]:
 
     if args.command == "migrate":
         return {"applied": asyncio.run(run_migrations(dsn))}
-    return {"deleted": asyncio.run(prune(dsn, args.older_than))}
+    return {"deleted": forget_folders(config, asyncio.run(prune(dsn, args.older_than)))}
+
+
+def forget_folders(config: Config, deleted: dict[str, Any]) -> dict[str, Any]:
+    """The pruned sessions' workspace and CLI state folders go too (this host's)."""
+    from .agents.workspaces import Workspaces
+
+    ids = deleted.pop("ids")
+    deleted["folders"] = Workspaces(config.agent.workspaces_dir).forget(ids)
+    return deleted
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class Daemon:
         self.killed = False
 
     async def start(self) -> None:
+        self.killed = False  # started again after a kill(): stop() must stop this one
         self._log = open(self.log_path, "wb")  # noqa: ASYNC230 - closed in stop()
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
             [sys.executable, "-m", "agent_webkitd", "--config", str(self.config_path)],

@@ -331,15 +331,21 @@ async def test_migrate_twice_and_prune_work_on_the_file(start_daemon: Any, tmp_p
     runs = await asyncio.gather(*(agent_webkitd("migrate", "--config", str(config)) for _ in range(2)))
     assert sorted(json.loads(out)["applied"] for out in runs) == [[], [1, 2, 3, 4]]
     daemon = await start_daemon(sqlite_overrides(db))
+    # The daemon's own workspaces: prune removes a pruned session's folders from there.
+    states = daemon.workdir / "workspaces" / ".cli"
+    config.write_text(config.read_text() + f'[agent]\nworkspaces_dir = "{states.parent}"\n')
     async with api_for(daemon) as api:
         kept = await api.create()
         closed = await api.create()
         assert await api.delete(closed) == 204
+        assert (states / closed).is_dir()  # a closed session's transcripts stay until prune
         await asyncio.sleep(0.3)  # the close is committed with the next burst
         out = await agent_webkitd("prune", "--older-than", "1d", "--config", str(config))
         assert json.loads(out)["deleted"]["sessions"] == 0
         out = await agent_webkitd("prune", "--older-than", "0s", "--config", str(config))
-        assert json.loads(out)["deleted"]["sessions"] == 1
+        deleted = json.loads(out)["deleted"]
+        assert (deleted["sessions"], deleted["folders"]) == (1, 1)
+        assert not (states / closed).exists() and (states / kept).is_dir()
         _, listing, _ = await api.request("GET", "/sessions")
         assert [s["session_id"] for s in listing["sessions"]] == [kept]
 
@@ -402,3 +408,23 @@ async def test_a_store_that_cannot_commit_is_full_until_it_can_and_publishes_not
         blocker.close()
     finally:
         await store.stop()
+
+
+async def test_a_restart_sweeps_the_folders_no_session_holds(start_daemon: Any, tmp_path: Path) -> None:
+    """A killed daemon leaves its warm CLIs' workspaces; the next start keeps the folders
+    of the sessions it restores and removes the rest."""
+    daemon = await start_daemon({**sqlite_overrides(tmp_path / "sessions.db"), "agent": {"warm_agents": 1}})
+    root = daemon.workdir / "workspaces"
+    async with api_for(daemon) as api:
+        kept = await api.create()  # takes the warm CLI (and its workspace)
+        for _ in range(200):  # the pool starts another, in a workspace of its own
+            _, health, _ = await api.request("GET", "/healthz")
+            if health["warm_agents"] == 1:  # started: none is starting when the host dies
+                break
+            await asyncio.sleep(0.05)
+        [orphan] = [p.name for p in root.iterdir() if p.name not in (".cli", kept)]
+    daemon.kill()
+    await daemon.start()
+    assert '"event": "workspaces_swept"' in daemon.logs()
+    assert not (root / orphan).exists() and not (root / ".cli" / orphan).exists()
+    assert (root / kept).is_dir() and (root / ".cli" / kept).is_dir()

@@ -4,7 +4,8 @@ A session gets `<workspaces_dir>/<session id>/` (0700) as its cwd unless the cli
 one inside `allowed_cwd_roots`, and `<workspaces_dir>/.cli/<session id>/` as its CLI's
 own CLAUDE_CONFIG_DIR, where its transcripts live. Both outlive the CLI (hibernation,
 crashes, restarts); the workspace goes when the session closes, the transcripts stay
-(a closed session's conversation can still be resumed or read, until `prune`).
+(a closed session's conversation can still be resumed or read) until `prune` removes the
+session, or, with a store of this host's alone, until the next start.
 
 A conversation moves between sessions (a resume, a fork): its transcript is copied into
 the new session's state folder, filed under the new cwd, so the CLI finds it there.
@@ -59,6 +60,27 @@ class Workspaces:
 
     def remove_state(self, state_dir: str) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
+
+    def forget(self, session_ids: list[str]) -> int:
+        """`prune`: the folders of sessions the store no longer has; how many went."""
+        gone = 0
+        for session_id in session_ids:
+            for folder in (self.root / session_id, self.root / STATE_FOLDER / session_id):
+                if Path(session_id).name == session_id and folder.is_dir():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    gone += 1
+        return gone
+
+    def sweep(self, keep: set[str]) -> int:
+        """Start-up with a store of this host's alone: folders of no session it holds
+        (warm CLIs of a daemon that was killed, sessions the memory store forgot)."""
+        gone = 0
+        for folder in (self.root, self.root / STATE_FOLDER):
+            for entry in folder.iterdir():
+                if entry.name != STATE_FOLDER and entry.name not in keep and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    gone += 1
+        return gone
 
     def copy_files(self, source: str | None, destination: str) -> None:
         """A fork starts with a copy of its source's workspace (links stay links: nothing

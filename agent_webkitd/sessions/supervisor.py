@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 
@@ -90,6 +91,13 @@ class Supervisor:
             await self._start(self._session(claimed))
         if self.sessions:
             log.info("sessions_restored", sessions=len(self.sessions))
+        if not self.store.shared:  # every folder of this host's is one of these sessions'
+            # (A resumed session works in the workspace of the session it took over.)
+            folders = [(s.spec.cwd or "", s.spec.state_dir) for s in self.sessions.values()]
+            keep = {Path(p).name for pair in folders for p in pair if p}
+            swept = await asyncio.to_thread(self.workspaces.sweep, keep)
+            if swept:
+                log.info("workspaces_swept", folders=swept)
         self.warm.start()
         self._tasks = [
             asyncio.create_task(self._keepalive_ticker(), name="keepalive-ticker"),

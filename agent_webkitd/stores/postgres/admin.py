@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from .migrations import migrate
@@ -16,7 +18,7 @@ async def run_migrations(dsn: str) -> list[int]:
         await conn.close()
 
 
-async def prune(dsn: str, older_than_s: float) -> dict[str, int]:
+async def prune(dsn: str, older_than_s: float) -> dict[str, Any]:
     """`agent-webkitd prune`: delete closed sessions (events and transcripts too) that
     closed longer ago than `older_than_s`, and nodes long gone."""
     conn = await asyncpg.connect(dsn)
@@ -42,6 +44,7 @@ async def prune(dsn: str, older_than_s: float) -> dict[str, int]:
             "sessions": len(gone),
             "transcripts": int(transcripts.split()[-1]),
             "nodes": int(nodes.split()[-1]),
+            "ids": [r["id"] for r in gone],
         }
     finally:
         await conn.close()

@@ -331,11 +331,11 @@ def migrate_file(path: Path) -> list[int]:
         conn.close()
 
 
-def prune_file(path: Path, older_than_s: float) -> dict[str, int]:
+def prune_file(path: Path, older_than_s: float) -> dict[str, Any]:
     """`agent-webkitd prune`: delete sessions closed longer ago than `older_than_s`, their
     events and their transcripts. Safe while the daemon runs (SQLite locks the writes)."""
 
-    def prune(conn: sqlite3.Connection) -> dict[str, int]:
+    def prune(conn: sqlite3.Connection) -> dict[str, Any]:
         gone = conn.execute(
             "SELECT id, sdk_session_id FROM awk_sessions WHERE state = 'closed' AND closed_at < ?",
             (time.time() - older_than_s,),
@@ -345,7 +345,11 @@ def prune_file(path: Path, older_than_s: float) -> dict[str, int]:
         transcripts = conn.executemany(
             "DELETE FROM awk_transcripts WHERE session_id = ?", [(c,) for _, c in gone if c]
         ).rowcount
-        return {"sessions": len(gone), "transcripts": max(transcripts, 0)}
+        return {
+            "sessions": len(gone),
+            "transcripts": max(transcripts, 0),
+            "ids": [i for i, _ in gone],
+        }
 
     conn = connect(path)
     try:
