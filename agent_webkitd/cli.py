@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config, load_environment, redacted, store_dsn
+from .errors import SandboxUnavailable
 from .logs import configure_logging
 
 
@@ -40,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = getattr(args, "sub_config", None) or args.config
-    from .agents import sandbox  # the SDK is imported with it
-
     try:
         config = load_config(path)
         load_environment(config)
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check-sandbox":
             return check_sandbox(config, path)
+        from .agents import sandbox
         from .daemon import StartupFailed, serve, take_secrets
 
         configure_logging(config.logging)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agent-webkitd: config error: {exc}", file=sys.stderr)
         return 2
-    except sandbox.SandboxUnavailable as exc:
+    except SandboxUnavailable as exc:
         print(f"agent-webkitd: no sandbox for agents: {exc}", file=sys.stderr)
         return 2
     try:

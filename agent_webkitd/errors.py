@@ -9,6 +9,10 @@ class ConfigError(ValueError):
     variable or the file (never a secret's value)."""
 
 
+class SandboxUnavailable(Exception):
+    """bubblewrap is missing or cannot make namespaces here: the daemon does not start."""
+
+
 class ApiError(Exception):
     """An error a client gets as `{"error": {"code", "message"}}` with an HTTP status."""
 

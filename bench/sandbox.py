@@ -248,17 +248,23 @@ def agent_memory(server: Ours) -> dict[str, Any]:
 # --- the measurements ----------------------------------------------------------------------
 
 
+async def timed_create(server: Ours) -> float:
+    """One POST /sessions, in ms; the session is deleted again."""
+    t = time.monotonic()
+    sid = await create(server)
+    ms = (time.monotonic() - t) * 1000
+    await delete(server, sid)
+    return ms
+
+
 async def cold_creates(servers: dict[str, Ours], n: int) -> dict[str, Any]:
     """POST /sessions with no warm CLI, interleaved; a first pair not counted (page cache)."""
     lat: dict[str, list[float]] = {m: [] for m in MODES}
     for i, order in enumerate(pairs(n + 1)):
         for mode in order:
-            server = servers[mode]
-            t = time.monotonic()
-            sid = await create(server)
+            ms = await timed_create(servers[mode])
             if i:
-                lat[mode].append((time.monotonic() - t) * 1000)
-            await delete(server, sid)
+                lat[mode].append(ms)
             await asyncio.sleep(COLD_SETTLE_S)
     out: dict[str, Any] = {m: summary(lat[m]) for m in MODES}
     ratios(out)
@@ -319,12 +325,9 @@ async def warm_creates(servers: dict[str, Ours], n: int) -> dict[str, Any]:
         for mode in order:
             await until_all_warm(servers)
             await asyncio.sleep(WARM_SETTLE_S)
-            server = servers[mode]
-            t = time.monotonic()
-            sid = await create(server)
+            ms = await timed_create(servers[mode])
             if i:
-                lat[mode].append((time.monotonic() - t) * 1000)
-            await delete(server, sid)
+                lat[mode].append(ms)
     from bench.run import metric_value
 
     out: dict[str, Any] = {m: summary(lat[m]) for m in MODES}

@@ -34,6 +34,7 @@ from pathlib import Path
 from claude_agent_sdk import ClaudeAgentOptions
 
 from ..config import AgentConfig
+from ..errors import SandboxUnavailable
 from .gateway import ModelGateway
 
 SOCKET_INSIDE = "/run/agent-webkitd/model.sock"
@@ -92,10 +93,6 @@ BRIDGE = (
     f" UNIX-CONNECT:{SOCKET_INSIDE}"
     ' & exec "$0" "$@"\' "$@"'
 )
-
-
-class SandboxUnavailable(Exception):
-    """bubblewrap is missing or cannot make namespaces here: the daemon does not start."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,14 +158,13 @@ class Confinement:
             self._agent_env, self.base_url(), key, cwd, marker_env, confined=self.confined
         )
         if not self.confined:
-            kept = {k: v for k, v in options.env.items() if k not in DAEMONS_VARIABLES}
-            env = {**kept, **inside, "CLAUDE_CONFIG_DIR": state_dir}
+            env = {**inside, "CLAUDE_CONFIG_DIR": state_dir}
             return Confined(
                 dataclasses.replace(options, env=env), lambda: self._gateway.revoke(key)
             )
         cli = cli_binary(options.cli_path)
         args = self._runtime / f"agent-{uuid.uuid4().hex}.args"
-        argv = [*self._namespaces(), *self._view(cli, cwd)]
+        argv = [*namespaces(self.network), *self._view(cli, cwd)]
         for name, value in inside.items():
             argv += ["--setenv", name, value]
         fd = os.open(args, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -185,9 +181,6 @@ class Confinement:
         return Confined(
             dataclasses.replace(options, cli_path=str(self._launcher), env=env), release
         )
-
-    def _namespaces(self) -> list[str]:
-        return namespaces(self.network)
 
     def _view(self, cli: str, cwd: str) -> list[str]:
         """The sandbox's filesystem: the system and the CLI read-only, the daemon's own

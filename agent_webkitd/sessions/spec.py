@@ -72,6 +72,5 @@ class SessionSpec:
             permission_mode=permission_mode,  # type: ignore[arg-type]
             cwd=self.cwd or None,
             include_partial_messages=self.include_partial_messages,
-            env=dict(agent.env),
             max_buffer_size=self.max_line_bytes,
         )
