@@ -97,6 +97,7 @@ class SessionsConfig:
     hibernate_after_s: float = 120  # stop the CLI of a session idle this long; 0 = never
     max_live_agents: int = 0  # CLI processes at once; 0 = max_sessions
     max_sessions_per_principal: int = 0  # one principal's sessions on this host; 0 = no share
+    max_live_agents_per_principal: int = 0  # one principal's CLI processes here; 0 = no share
     max_concurrent_starts: int = 4  # CLIs starting at once (wakes, creates)
     turn_idle_timeout_s: float = 1800  # a turn silent this long is interrupted; 0 = never
     turn_kill_grace_s: float = 10  # ...and its CLI killed if the interrupt does not end it
@@ -136,6 +137,33 @@ class ModelConfig:
     """Where the model gateway (agents/gateway.py) sends the CLIs' model requests."""
 
     upstream_url: str = ""  # "" = the daemon's ANTHROPIC_BASE_URL, else the public API
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    """USD per million tokens of each kind, for models whose name starts with the key."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cache_write: float = 0.0
+    cache_read: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    prices: dict[str, PriceConfig] = field(default_factory=dict)  # model-name prefix -> price
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What one principal ("*": everyone without an entry of their own) may spend; 0 = no
+    limit of that kind. Windows are UTC days and calendar months."""
+
+    principal: str = ""
+    tokens_per_day: int = 0
+    tokens_per_month: int = 0
+    usd_per_day: float = 0.0
+    usd_per_month: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +214,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     genui: GenuiConfig = field(default_factory=GenuiConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    budgets: tuple[BudgetConfig, ...] = ()
     dotenv_path: str = ".env"
 
 
@@ -250,6 +280,12 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
             values[f.name] = tuple(
                 _build(entry, v, prefix=f"{name}[{i}].") for i, v in enumerate(value)
             )
+        elif (entry := _named_tables_type(hint)) is not None:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f'{name} must be a table of tables ("key" = {{ ... }})')
+            values[f.name] = {
+                key: _build(entry, v, prefix=f'{name}."{key}".') for key, v in value.items()
+            }
         else:
             values[f.name] = _coerce(name, hint, value)
     return cls(**values)
@@ -266,6 +302,14 @@ def _tables_type(hint: Any) -> Any:
     """The dataclass of an `[[array of tables]]` key (`tuple[TokenConfig, ...]`)."""
     if typing.get_origin(hint) is tuple:
         entry = typing.get_args(hint)[0]
+        return entry if dataclasses.is_dataclass(entry) else None
+    return None
+
+
+def _named_tables_type(hint: Any) -> Any:
+    """The dataclass of a table of named tables (`dict[str, PriceConfig]`)."""
+    if typing.get_origin(hint) is dict:
+        entry = typing.get_args(hint)[1]
         return entry if dataclasses.is_dataclass(entry) else None
     return None
 
@@ -371,6 +415,7 @@ def _check_semantics(config: Config) -> None:
             f"logging.level must be debug, info, warning or error, got {config.logging.level!r}"
         )
     _check_auth(config)
+    _check_usage(config)
     for origin in config.server.cors_allowed_origins:
         if not _is_origin(origin):
             raise ConfigError(
@@ -382,6 +427,32 @@ def _check_semantics(config: Config) -> None:
             f"auth.disabled = true is only allowed when server.host is a loopback address "
             f"(got {config.server.host!r})"
         )
+
+
+def _check_usage(config: Config) -> None:
+    _positive(
+        "sessions.max_live_agents_per_principal",
+        config.sessions.max_live_agents_per_principal,
+        zero_ok=True,
+    )
+    for model, price in config.usage.prices.items():
+        for kind in ("input", "output", "cache_write", "cache_read"):
+            _positive(f'usage.prices."{model}".{kind}', getattr(price, kind), zero_ok=True)
+    seen: set[str] = set()
+    for i, budget in enumerate(config.budgets):
+        where = f"budgets[{i}]"
+        if not budget.principal:
+            raise ConfigError(f'{where}.principal must name a principal, or "*" for everyone')
+        if budget.principal in seen:
+            raise ConfigError(f"{where}: principal {budget.principal!r} has a budget already")
+        seen.add(budget.principal)
+        limits = ("tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month")
+        for limit in limits:
+            _positive(f"{where}.{limit}", getattr(budget, limit), zero_ok=True)
+        if not any(getattr(budget, limit) for limit in limits):
+            raise ConfigError(f"{where} sets no limit (one of {', '.join(limits)})")
+        if (budget.usd_per_day or budget.usd_per_month) and not config.usage.prices:
+            raise ConfigError(f"{where}: a USD budget needs [usage.prices]")
 
 
 def _check_auth(config: Config) -> None:

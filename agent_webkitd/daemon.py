@@ -62,6 +62,9 @@ from .protocol.wire import PROTOCOL_VERSION
 from .sessions.supervisor import Supervisor
 from .stores.base import Store
 from .stores.memory import MemoryStore
+from .usage.budgets import Budgets
+from .usage.ledger import Ledger
+from .usage.prices import Prices
 
 log = structlog.get_logger(__name__)
 FD_BASE = 128  # the listener, logs, the store's files or pool, the Python runtime
@@ -176,7 +179,9 @@ async def runtime_directory() -> AsyncIterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def build_gateway(config: Config, secrets: Secrets, runtime: Path) -> ModelGateway:
+def build_gateway(
+    config: Config, secrets: Secrets, runtime: Path, ledger: Ledger, metrics: Metrics
+) -> ModelGateway:
     """The model gateway: the one way agents reach the model, with the real credential
     added outside their reach. [agent.env] may still name the upstream and hold the key
     (older configs): both are taken out of what the agent sees."""
@@ -191,7 +196,13 @@ def build_gateway(config: Config, secrets: Secrets, runtime: Path) -> ModelGatew
     )
     sandboxed_net = config.agent.sandbox == "bwrap" and config.agent.network == "none"
     return ModelGateway(
-        upstream, credential, runtime / "model.sock", tcp=not sandboxed_net, logger=log
+        upstream,
+        credential,
+        runtime / "model.sock",
+        tcp=not sandboxed_net,
+        logger=log,
+        ledger=ledger,
+        metrics=metrics,
     )
 
 
@@ -236,26 +247,34 @@ async def _serve(
         log.warning("sandbox_off", hint='agents run unconfined: [agent] sandbox = "none"')
     workspaces = Workspaces(config.agent.workspaces_dir)
     workspaces.prepare()
-    gateway = build_gateway(config, secrets, runtime)
+    metrics = Metrics()
+    store = build_store(config, secrets.dsn)
+    ledger = Ledger(
+        store,
+        Prices(config.usage.prices),
+        Budgets(config.budgets),
+        metrics,
+        shared=store.shared,
+    )
+    gateway = build_gateway(config, secrets, runtime, ledger, metrics)
     await gateway.start()
     confinement = Confinement(config.agent, gateway, runtime, hidden_paths(config, config_path))
     confinement.prepare()
-    store = build_store(config, secrets.dsn)
     try:
         await store.start()
+        await ledger.start()
     except Exception as exc:  # unreachable database, file in use, schema too new: say which
         log.error("store_start_failed", error=f"{type(exc).__name__}: {exc}")
         await gateway.stop()
         raise StartupFailed(
             f"the session store could not start: {type(exc).__name__}: {exc}"
         ) from exc
-    metrics = Metrics()
     toolsets: tuple[Toolset, ...] = ()
     if config.agent.artefacts:
         toolsets += (ArtefactTools(),)
     if components:
         toolsets += (GenuiToolset(components),)
-    supervisor = Supervisor(config, store, metrics, confinement, workspaces, toolsets)
+    supervisor = Supervisor(config, store, metrics, confinement, workspaces, ledger, toolsets)
     try:
         await supervisor.start()
     except Exception as exc:  # the stored sessions could not be read back
@@ -307,6 +326,7 @@ async def _serve(
     log.info("shutting_down", live_sessions=len(supervisor.sessions))
     await supervisor.stop()
     await gateway.stop()  # after the CLIs: a turn cut short by the drain still reached it
+    await ledger.stop()
     await store.stop()
     await auth.stop()
     await runner.cleanup()

@@ -182,6 +182,21 @@ class Metrics:
             registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         )
+        self.model_tokens = Counter(
+            "agent_webkit_model_tokens_total",
+            "Model tokens the gateway counted, by principal and kind: input, output, cache_write, cache_read.",
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "agent_webkit_model_requests_total",
+            "Model requests through the gateway, by the status the CLI got.",
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "agent_webkit_budget_refusals_total",
+            "Refusals of a principal over budget, by where: input (POST /input 429), model_request (a turn cut short).",
+            registry=r,
+        )
         self.http_requests = Counter(
             "agent_webkit_http_requests_total",
             "HTTP requests by route, method and status.",

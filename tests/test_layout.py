@@ -15,6 +15,7 @@ ROOMS = (
     ("artefacts",),
     ("protocol",),
     ("identity",),
+    ("usage",),
     ("stores",),
     ("agents",),
     ("sessions",),

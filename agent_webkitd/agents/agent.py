@@ -69,6 +69,7 @@ class Host(ToolHost, Protocol):
     """What an Agent needs of the session it serves (sessions/session.py): where the
     CLI's messages and permission prompts go, and what the daemon's tools reach."""
 
+    id: str
     logger: Any
 
     async def on_agent_message(self, message: Any) -> None: ...
@@ -99,7 +100,10 @@ class Agent:
         self.reserved_for = reserved_for  # a warm CLI: the id of the session it will serve
         self._early: list[Any] = []  # what a warm CLI said before it had a session
         confined = confinement.confine(
-            options, state_dir=state_dir, marker_env={MARKER_ENV: self.marker}
+            options,
+            session_id=reserved_for or (session.id if session else None),
+            state_dir=state_dir,
+            marker_env={MARKER_ENV: self.marker},
         )
         self._release = confined.release  # the session key, the sandbox's arguments
         self.client = ClaudeSDKClient(

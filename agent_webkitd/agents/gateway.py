@@ -10,6 +10,12 @@ It forwards only what the CLI uses: `POST /v1/messages` and `POST /v1/messages/c
 any upstream contact. Bodies stream through unbuffered both ways, so each SSE delta leaves
 as it arrives, and upstream statuses, headers and bodies pass unchanged (errors included).
 There are no retries here: the CLI retries. Keys and the credential are never logged.
+
+Each session key names the session its CLI serves, so the gateway is also where usage is
+counted (usage/ledger.py): each `/v1/messages` response's usage is read as it streams
+past (usage/meter.py) and counted before its last bytes reach the CLI. A session whose
+principal is over budget has its next model request refused with an error the CLI does
+not retry (BUDGET_REFUSAL), so its turn ends after the request that crossed the line.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
+from ..metrics import Metrics
+from ..usage.ledger import Ledger
+from ..usage.meter import ResponseMeter
+
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 KEY_PREFIX = "awk-session-"
 FORWARDED = frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")})
@@ -40,6 +50,10 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
 )
 CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+METERED = "/v1/messages"  # count_tokens answers a count, it spends none
+# How a request over budget is refused: a status and error type the CLI gives up on at
+# once, with no retry (tests/test_budgets.py proves it with the real CLI).
+BUDGET_REFUSAL = (400, "invalid_request_error")
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class ModelGateway:
         *,
         tcp: bool,
         logger: FilteringBoundLogger | None = None,
+        ledger: Ledger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.tcp_url: str | None = None
@@ -112,7 +128,9 @@ class ModelGateway:
         self._credential = credential
         self._tcp = tcp
         self._log: FilteringBoundLogger = logger or structlog.get_logger(__name__)
-        self._keys: set[str] = set()
+        self._keys: dict[str, str | None] = {}  # session key -> the session its CLI serves
+        self._ledger = ledger
+        self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -121,14 +139,14 @@ class ModelGateway:
 
     # --- session keys ------------------------------------------------------------
 
-    def issue_key(self) -> str:
-        """A fresh session key for one CLI start, valid until revoked."""
+    def issue_key(self, session_id: str | None = None) -> str:
+        """A fresh session key for one CLI start (serving `session_id`), valid until revoked."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        self._keys.add(key)
+        self._keys[key] = session_id
         return key
 
     def revoke(self, key: str) -> None:
-        self._keys.discard(key)
+        self._keys.pop(key, None)
 
     @property
     def live_keys(self) -> int:
@@ -185,8 +203,12 @@ class ModelGateway:
             )
         elif (request.method, path) not in FORWARDED:
             response = _error(404, "not_found_error", f"not forwarded: {request.method} {path}")
+        elif (refusal := self._refusal(path, self._keys[key])) is not None:
+            response = refusal
         else:
-            response = await self._forward(request)
+            response = await self._forward(request, self._keys[key] if path == METERED else None)
+        if self._metrics is not None:
+            self._metrics.model_requests.inc({"status": str(response.status)})
         self._log.info(
             "model_request",
             path=path,
@@ -195,7 +217,19 @@ class ModelGateway:
         )
         return response
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    def _refusal(self, path: str, session_id: str | None) -> web.Response | None:
+        """A model request of a session whose principal is over budget: refused."""
+        if self._ledger is None or session_id is None or path != METERED:
+            return None
+        over = self._ledger.refuse(session_id)
+        if over is None:
+            return None
+        status, kind = BUDGET_REFUSAL
+        return _error(status, kind, f"budget_exceeded: {over.message()}")
+
+    async def _forward(self, request: web.Request, metered: str | None) -> web.StreamResponse:
+        """Pass the request on and stream the answer back; with `metered` (a session
+        id), count the response's usage for that session."""
         assert self._client is not None
         headers = _end_to_end(request.headers, CREDENTIAL_HEADERS)
         if self._credential is not None:
@@ -217,9 +251,16 @@ class ModelGateway:
                 reason=upstream.reason,
                 headers=_end_to_end(upstream.headers, frozenset()),
             )
+            meter = None
+            if metered is not None and self._ledger is not None and upstream.status == 200:
+                streamed = upstream.content_type == "text/event-stream"
+                meter = ResponseMeter(streamed)
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
+                    if meter is not None and meter.feed(chunk):
+                        self._count(metered, meter)  # before the CLI can see the end
+                        meter = None
                     await response.write(chunk)
                 await response.write_eof()
             except (aiohttp.ClientError, ConnectionResetError) as error:
@@ -231,4 +272,12 @@ class ModelGateway:
             except asyncio.CancelledError:  # the CLI hung up
                 upstream.close()
                 raise
+            finally:
+                if meter is not None:  # a JSON body, or a stream cut short: count what is known
+                    meter.finish()
+                    self._count(metered, meter)
         return response
+
+    def _count(self, session_id: str | None, meter: ResponseMeter) -> None:
+        if self._ledger is not None and session_id is not None and meter.usage is not None:
+            self._ledger.count(session_id, meter.model, meter.usage)

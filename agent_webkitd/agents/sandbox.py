@@ -148,11 +148,17 @@ class Confinement:
         self._launcher.chmod(stat.S_IRWXU)
 
     def confine(
-        self, options: ClaudeAgentOptions, *, state_dir: str, marker_env: dict[str, str]
+        self,
+        options: ClaudeAgentOptions,
+        *,
+        session_id: str | None,
+        state_dir: str,
+        marker_env: dict[str, str],
     ) -> Confined:
-        """The options one CLI starts with: the gateway and a fresh session key, its own
-        state folder and, sandboxed, the launcher with this CLI's bubblewrap arguments."""
-        key = self._gateway.issue_key()
+        """The options one CLI starts with: the gateway and a fresh session key (its
+        usage counts for `session_id`), its own state folder and, sandboxed, the launcher
+        with this CLI's bubblewrap arguments."""
+        key = self._gateway.issue_key(session_id)
         cwd = str(options.cwd) if options.cwd else os.getcwd()
         inside = sandbox_environment(
             self._agent_env, self.base_url(), key, cwd, marker_env, confined=self.confined

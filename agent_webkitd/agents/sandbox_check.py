@@ -56,7 +56,9 @@ async def check_sandbox(
             confinement = Confinement(config.agent, gateway, root, hidden)
             confinement.prepare()
             options = ClaudeAgentOptions(cwd=str(root / "workspace"), cli_path="/bin/sh")
-            confined = confinement.confine(options, state_dir=str(root / "state"), marker_env={})
+            confined = confinement.confine(
+                options, session_id=None, state_dir=str(root / "state"), marker_env={}
+            )
             env = {**os.environ, **confined.options.env}
             ports = (str(config.server.port), str(BRIDGE_PORT))
             command = confined.options.cli_path or "/bin/sh"

@@ -31,6 +31,7 @@ from ..sessions.supervisor import Supervisor
 from . import cors, sse
 from .auth import AUTH, NO_STORE, PRINCIPAL, Auth, auth_middleware, no_store_for_tickets
 from .files import WorkspaceFiles
+from .usage import UsageRoutes
 
 log = structlog.get_logger(__name__)
 OPENAPI = openapi.render().encode()
@@ -238,7 +239,8 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
 
 async def get_session(request: web.Request) -> web.StreamResponse:
     session = await find_session(request)
-    return json_response(session.describe(full=True))
+    usage = request.app[SUPERVISOR].ledger.session_usage(session.id)
+    return json_response({**session.describe(full=True), "usage": usage})
 
 
 async def get_messages(request: web.Request) -> web.StreamResponse:
@@ -374,6 +376,7 @@ def build_app(
         "/sessions/{session_id}/artefacts/{artefact_id}/versions", list_artefact_versions
     )
     WorkspaceFiles(find_session, config.agent).add_routes(app)
+    UsageRoutes(supervisor.ledger, principal_of).add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -81,8 +81,10 @@ class Bridge:
         on_decisions_changed: Callable[[], None],
         permission_timeout_s: float,
         metrics: Metrics,
+        usage: Callable[[], dict[str, Any]],
     ) -> None:
         self.session_id = session_id
+        self._usage = usage  # the session's usage totals (usage/ledger.py)
         self.emit = emit
         self.permission_timeout_s = permission_timeout_s or None  # 0 = wait forever
         self.metrics = metrics
@@ -233,6 +235,8 @@ class Bridge:
             data["turn_cost_usd"] = round(max(total - self._total_cost, 0.0), 10)
             self._total_cost = total
         self.emit("result", data)
+        # Counted by the gateway before the CLI read the response: the totals include it.
+        self.emit("usage", self._usage())
         self.forget_turn()
 
     def forget_turn(self) -> None:

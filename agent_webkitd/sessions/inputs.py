@@ -1,6 +1,7 @@
 """What a client's inbound message does to a session (`POST /sessions/{id}/input`).
 
-A user message is checked against the session's size limits (413), queued behind the
+A user message is checked against the session's size limits (413) and its owner's
+budget (429 `budget_exceeded`, nothing queued), queued behind the
 running turn (503 `backpressure` when the queue is full), shown on the stream at once so
 every tab sees what was typed, and wakes a hibernated session. Decision replies go to
 the bridge (the first reply wins, later ones get 409). An interrupt ends the running
@@ -20,6 +21,7 @@ from ..metrics import Metrics
 from ..protocol import wire
 from .session import Session
 from .spec import SessionSpec
+from .spending import check_budget
 
 
 async def handle_input(
@@ -32,6 +34,7 @@ async def handle_input(
     match message:
         case wire.UserMessage(content=content):
             check_size(content, session.spec, session.metrics)
+            check_budget(session.spec.ledger, session.owner, session.metrics)
             session.turns.queue(message)
             # Every tab, and a page reloaded later, sees what was typed, before the
             # turn it starts (queued messages run after the current turn's result).

@@ -67,7 +67,12 @@ class Session:
         self.claimed = claimed
         self.log = EventLog(self.id, spec.ring_size, store, claimed.last_seq if claimed else 0)
         self.bridge = Bridge(
-            self.id, self.emit, self.show_live_state, spec.permission_timeout_s, metrics
+            self.id,
+            self.emit,
+            self.show_live_state,
+            spec.permission_timeout_s,
+            metrics,
+            lambda: spec.ledger.session_usage(self.id),
         )
         # Part of the conversation, like its events: kept across wakes, restarts, failovers.
         self.artefacts = Artefacts(

@@ -17,6 +17,7 @@ from ..agents.toolsets import Toolset
 from ..agents.workspaces import Workspaces
 from ..config import AgentConfig, ArtefactsConfig
 from ..stores.base import Store
+from ..usage.ledger import Ledger
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class SessionSpec:
     state_dir: str  # the CLI's own CLAUDE_CONFIG_DIR (agents/workspaces.py)
     workspaces: Workspaces
     confinement: Confinement  # how its CLIs start: sandboxed or not (agents/sandbox.py)
+    ledger: Ledger  # what it spends, and whether its owner may (usage/ledger.py)
     ring_size: int
     inbound_queue_size: int
     permission_timeout_s: float

@@ -10,10 +10,7 @@ those idle past `idle_timeout_s`. The cap on CLI processes is the AgentSlots'.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -31,10 +28,14 @@ from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
 from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
+from ..usage.budgets import OverBudget
+from ..usage.ledger import Ledger
 from .cwds import resolve_cwd
 from .resumes import Source, take_conversation
 from .session import Session, WakeFailed
+from .shares import SessionShares
 from .spec import SessionSpec
+from .spending import turn_refused
 
 log = structlog.get_logger(__name__)
 
@@ -53,9 +54,12 @@ class Supervisor:
         metrics: Metrics,
         confinement: Confinement,
         workspaces: Workspaces,
+        ledger: Ledger,
         toolsets: tuple[Toolset, ...] = (),
     ) -> None:
         self.config = config
+        self.ledger = ledger
+        ledger.on_refused = self._turn_refused
         self.confinement = confinement
         self.workspaces = workspaces
         self.toolsets = toolsets
@@ -69,7 +73,7 @@ class Supervisor:
         self.draining = False
         self.streams = 0  # open SSE streams on this host
         self._starting = 0  # creations in flight, reserved against the cap
-        self._opening: Counter[str] = Counter()  # ...and by principal
+        self.shares = SessionShares(config.sessions.max_sessions_per_principal, metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         # Claims in flight, by id and the owner they are limited to (None: an admin's).
@@ -214,6 +218,7 @@ class Supervisor:
             state_dir=state_dir or self.workspaces.state_dir(session_id),
             workspaces=self.workspaces,
             confinement=self.confinement,
+            ledger=self.ledger,
             include_partial_messages=agent.include_partial_messages if partial is None else partial,
             model=model or agent.model or None,
             permission_mode=mode,
@@ -267,31 +272,8 @@ class Supervisor:
     ) -> Session:
         """Store a new session and start its CLI (a warm one if it fits: it already works
         in the workspace of the session id it was started for)."""
-        with self._share_of(owner):
+        with self.shares.opening(owner.name, len(self._by_owner.get(owner.name, {}))):
             return await self._open_within_share(request, owner, mode, cwd, source)
-
-    @contextlib.contextmanager
-    def _share_of(self, owner: Principal) -> Iterator[None]:
-        """429 `principal_at_capacity` once a principal holds its share of this host's
-        sessions ([sessions] max_sessions_per_principal), creates in flight counted."""
-        share = self.config.sessions.max_sessions_per_principal
-        held = len(self._by_owner.get(owner.name, {})) + self._opening[owner.name]
-        if share and held >= share:
-            self.metrics.capacity_rejections.inc({"reason": "principal_at_capacity"})
-            raise ApiError(
-                429,
-                "principal_at_capacity",
-                f"you hold {held} sessions on this server, the most one principal may;"
-                " delete one, or retry when one has closed",
-                {"Retry-After": "5"},
-            )
-        self._opening[owner.name] += 1
-        try:
-            yield
-        finally:
-            self._opening[owner.name] -= 1
-            if not self._opening[owner.name]:
-                del self._opening[owner.name]
 
     async def _open_within_share(
         self,
@@ -413,6 +395,9 @@ class Supervisor:
             ) from exc
         self.sessions[session.id] = session
         self._by_owner.setdefault(session.owner, {})[session.id] = session
+        self.ledger.adopt(
+            session.id, session.owner, session.claimed.usage if session.claimed else None
+        )
         return served_warm
 
     def _unregister(self, session: Session) -> None:
@@ -530,7 +515,12 @@ class Supervisor:
     def _forget(self, session: Session) -> None:
         """Called by every session as it ends, whatever ended it."""
         self._unregister(session)
+        self.ledger.forget(session.id)
         self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
+
+    def _turn_refused(self, session_id: str, over: OverBudget) -> None:
+        if (session := self.sessions.get(session_id)) is not None:
+            turn_refused(session, over)
 
     def _resolve_cwd(self, requested: str | None) -> str | None:
         own = (*self.confinement.hidden, str(self.workspaces.root))

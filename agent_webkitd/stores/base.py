@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..artefacts.model import Artefact
 from ..artefacts.versions import ArtefactStore
+from ..usage.model import DayUsage, Usage, UsageRecord
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import SessionStore
@@ -39,6 +40,7 @@ class ClaimedSession:
     created_at: float | None = None  # unix time
     idle_s: float = 0.0  # how long since its last sign of life
     artefacts: list[Artefact] = field(default_factory=list)  # its artefacts' index, oldest first
+    usage: Usage | None = None  # what its model requests have consumed so far
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,15 @@ class Store(ArtefactStore, Protocol):
         """The conversation of the newest session whose id or Claude session id is `ref`
         (one that started a turn), open or closed: a closed session's owner may resume it
         until `prune` removes the session. None if no session had it."""
+        ...
+
+    def add_usage(self, record: UsageRecord) -> None:
+        """Add one model response's usage to its session's totals and its principal's
+        day (committed with the next batch; usage/ledger.py)."""
+        ...
+
+    async def usage_days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
+        """Usage per principal (or of one) per UTC day, since <= day <= until."""
         ...
 
     # Artefacts (artefacts/versions.py, ArtefactStore): every version's content. The index

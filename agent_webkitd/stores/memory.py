@@ -15,6 +15,7 @@ from typing import Any
 from claude_agent_sdk.types import SessionStore
 
 from ..artefacts.model import StoredVersion
+from ..usage.model import DayUsage, Usage, UsageRecord
 from .base import ClaimedSession, Conversation, Publisher, conversation_of
 
 # Closed sessions whose conversations stay resumable by their owners (~300 bytes each);
@@ -39,6 +40,7 @@ class MemoryStore:
         self._claude_ids: dict[str, str] = {}  # session id -> its Claude session id
         self._newest: dict[str, str] = {}  # Claude session id -> the newest session with it
         self._closed: OrderedDict[str, None] = OrderedDict()
+        self._usage: dict[tuple[str, str], Usage] = {}  # (principal, day) -> usage
 
     async def start(self) -> None:
         pass
@@ -105,6 +107,16 @@ class MemoryStore:
 
     def sdk_session_store(self) -> SessionStore | None:
         return None
+
+    def add_usage(self, record: UsageRecord) -> None:
+        self._usage.setdefault((record.principal, record.day), Usage()).add(record.usage)
+
+    async def usage_days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
+        return [
+            DayUsage(who, day, usage.copy())
+            for (who, day), usage in sorted(self._usage.items())
+            if (principal is None or who == principal) and since <= day <= until
+        ]
 
     async def save_artefact(self, session_id: str, record: StoredVersion) -> None:
         contents = self._artefacts.setdefault(session_id, {})

@@ -29,6 +29,7 @@ from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 from ..artefacts.model import StoredVersion
 from ..config import StoreConfig
+from ..usage.model import UsageRecord
 from .base import Publisher
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ class Batch:
     releases: dict[str, float] = field(default_factory=dict)  # session id -> last active
     transcripts: list[TranscriptWrite] = field(default_factory=list)
     artefacts: list[ArtefactWrite] = field(default_factory=list)
+    usage: list[UsageRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -99,6 +101,7 @@ class Batch:
             or self.releases
             or self.transcripts
             or self.artefacts
+            or self.usage
         )
 
     def put_back(self, later: Batch) -> None:
@@ -111,6 +114,7 @@ class Batch:
         later.releases = {**self.releases, **later.releases}
         later.transcripts[:0] = self.transcripts
         later.artefacts[:0] = self.artefacts
+        later.usage[:0] = self.usage
 
     def by_session(self) -> dict[str, Batch]:
         """This batch split into one batch per session, each in order."""
@@ -129,6 +133,8 @@ class Batch:
             share(session_id).releases[session_id] = last_active
         for write in self.artefacts:
             share(write.session_id).artefacts.append(write)
+        for record in self.usage:
+            share(record.session_id).usage.append(record)
         return shares  # transcripts are not a session's: the SQLite store never splits
 
     def written(self) -> list[asyncio.Future[None]]:
@@ -210,6 +216,12 @@ class GroupCommitWriter(ABC):
     async def release(self, session_id: str, last_active: float) -> None:
         """Shutdown: the session stays open for the next start or another host."""
         self._pending.releases[session_id] = last_active
+        self._wake_writer()
+
+    def add_usage(self, record: UsageRecord) -> None:
+        """Committed with the next batch (money spent is never dropped: a failed batch
+        keeps it for the retry)."""
+        self._pending.usage.append(record)
         self._wake_writer()
 
     async def append_transcript(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:

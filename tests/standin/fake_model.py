@@ -36,14 +36,10 @@ from aiohttp import web
 log = logging.getLogger("fake_model")
 
 DEFAULT_MODEL = "claude-opus-5-5"
-# Small constant numbers, the same ones the recorded frames show.
-START_USAGE = {
-    "input_tokens": 12,
-    "output_tokens": 1,
-    "cache_creation_input_tokens": 0,
-    "cache_read_input_tokens": 0,
-}
-OUTPUT_TOKENS = 7
+# "spend <n>" in a user message: every response of that conversation reports n input
+# tokens (budgets are tested with known figures). Otherwise each response reports figures
+# of its own, from the request's number, so sums say whether every response was counted.
+_SPEND_RE = re.compile(r"\bspend (\d+)\b")
 
 ASK_INPUT: dict[str, Any] = {
     "questions": [
@@ -344,8 +340,20 @@ async def _sse(response: web.StreamResponse, event: dict[str, Any]) -> None:
     await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
 
 
+def served_usage(body: dict[str, Any], number: int) -> dict[str, int]:
+    """The usage one response reports (recorded with its request as "usage")."""
+    texts = [user_text(m) for m in body.get("messages", []) if m.get("role") == "user"]
+    spend = [int(m.group(1)) for t in texts if (m := _SPEND_RE.search(t))]
+    return {
+        "input_tokens": spend[-1] if spend else 12 + number,
+        "output_tokens": 7 + number % 5,
+        "cache_creation_input_tokens": (number % 4) * 5,
+        "cache_read_input_tokens": 100 + 3 * number,
+    }
+
+
 async def _stream(
-    request: web.Request, reply: Reply, msg_id: str, model_name: str
+    request: web.Request, reply: Reply, msg_id: str, model_name: str, usage: dict[str, int]
 ) -> web.StreamResponse:
     headers = {
         "Content-Type": "text/event-stream",
@@ -362,7 +370,8 @@ async def _stream(
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": START_USAGE,
+        # The input side at the start; the output so far is 1 token (as the real API says).
+        "usage": {**usage, "output_tokens": 1},
     }
     try:
         await _sse(response, {"type": "message_start", "message": message})
@@ -386,7 +395,7 @@ async def _stream(
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": OUTPUT_TOKENS},
+                "usage": {"output_tokens": usage["output_tokens"]},
             },
         )
         await _sse(response, {"type": "message_stop"})
@@ -402,11 +411,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = await _record(request)
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return _error(400, "invalid_request_error", "fake_model: body needs a messages list")
+    usage = served_usage(body, len(model.requests))
+    model.requests[-1]["usage"] = usage  # recorded just now, nothing awaited since
     reply = script_reply(body, model)
     msg_id = model.next_id("msg")
     model_name = str(body.get("model") or DEFAULT_MODEL)
     if body.get("stream"):
-        return await _stream(request, reply, msg_id, model_name)
+        return await _stream(request, reply, msg_id, model_name, usage)
     return web.json_response(
         {
             "id": msg_id,
@@ -416,7 +427,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             "content": [_final_block(b) for b in reply.blocks],
             "stop_reason": reply.stop_reason,
             "stop_sequence": None,
-            "usage": {**START_USAGE, "output_tokens": OUTPUT_TOKENS},
+            "usage": usage,
         }
     )
 
@@ -430,7 +441,7 @@ async def hello(request: web.Request) -> web.Response:
 
 async def count_tokens(request: web.Request) -> web.Response:
     await _record(request)
-    return web.json_response({"input_tokens": START_USAGE["input_tokens"]})
+    return web.json_response({"input_tokens": 12})
 
 
 async def get_requests(request: web.Request) -> web.Response:

@@ -6,11 +6,13 @@ owner will assign.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
+from ...usage.model import fold
 from ..writer import ArtefactWrite, Batch
 
 log = structlog.get_logger(__name__)
@@ -38,9 +40,11 @@ async def commit(pool: Any, node_id: str, batch: Batch) -> set[str]:
     # A release hands the session back (owner NULL, still open); a close ends it.
     closes: dict[str, str | None] = {**dict.fromkeys(batch.releases), **batch.closes}
     touched = sorted(set(last) | set(meta) | set(closes) | {w.session_id for w in artefacts})
-    if not touched:
+    if not touched and not batch.usage:
         return set()
     async with pool.acquire() as conn, conn.transaction():
+        # Usage was spent whoever owns the session now: it is always added.
+        await _add_usage(conn, batch)
         # Taking the row locks first makes a concurrent claim wait for this commit,
         # or makes this commit see the claim and store nothing for that session.
         owned = {
@@ -93,6 +97,44 @@ async def commit(pool: Any, node_id: str, batch: Batch) -> set[str]:
             )
     # A session that ended here, or was never stored, is not "lost".
     return {s for s in last if s not in owned and s not in closes}
+
+
+USAGE_COLUMNS = (
+    "input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
+    " requests, usd"
+)
+_UNNEST_USAGE = "$3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[]"
+_ADD_USAGE = ", ".join(
+    f"{c} = t.{c} + EXCLUDED.{c}" for c in USAGE_COLUMNS.replace(" ", "").split(",")
+)
+
+
+async def _add_usage(conn: Any, batch: Batch) -> None:
+    """Add the batch's usage to each session's totals and each principal's day."""
+    if not batch.usage:
+        return
+    sessions, days = fold(batch.usage)
+    if sessions:
+        rows = [usage.row() for usage in sessions.values()]
+        await conn.execute(
+            f"INSERT INTO awk_session_usage AS t (session_id, {USAGE_COLUMNS})"
+            " SELECT v.* FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],"
+            f" $5::bigint[], $6::bigint[], $7::float8[]) AS v(id, {USAGE_COLUMNS})"
+            " WHERE EXISTS (SELECT 1 FROM awk_sessions s WHERE s.id = v.id)"
+            f" ON CONFLICT (session_id) DO UPDATE SET {_ADD_USAGE}",
+            list(sessions),
+            *([row[i] for row in rows] for i in range(6)),
+        )
+    keys = list(days)
+    rows = [usage.row() for usage in days.values()]
+    await conn.execute(
+        f"INSERT INTO awk_usage_days AS t (principal, day, {USAGE_COLUMNS})"
+        f" SELECT * FROM unnest($1::text[], $2::date[], {_UNNEST_USAGE})"
+        f" ON CONFLICT (principal, day) DO UPDATE SET {_ADD_USAGE}",
+        [principal for principal, _ in keys],
+        [datetime.date.fromisoformat(day) for _, day in keys],
+        *([row[i] for row in rows] for i in range(6)),
+    )
 
 
 async def commit_each_session(pool: Any, node_id: str, batch: Batch) -> set[str]:

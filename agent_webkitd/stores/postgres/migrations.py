@@ -76,11 +76,37 @@ CONVERSATIONS = """
 CREATE INDEX awk_sessions_sdk_session_id ON awk_sessions (sdk_session_id);
 """
 
+# What the model gateway counted (usage/): per session, and per principal per UTC day.
+USAGE = """
+CREATE TABLE awk_session_usage (
+    session_id text PRIMARY KEY REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cache_creation_input_tokens bigint NOT NULL,
+    cache_read_input_tokens bigint NOT NULL,
+    requests bigint NOT NULL,
+    usd float8 NOT NULL
+);
+CREATE TABLE awk_usage_days (
+    principal text NOT NULL,
+    day date NOT NULL,                    -- UTC
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cache_creation_input_tokens bigint NOT NULL,
+    cache_read_input_tokens bigint NOT NULL,
+    requests bigint NOT NULL,
+    usd float8 NOT NULL,
+    PRIMARY KEY (principal, day)          -- kept when sessions are pruned: it is the bill
+);
+CREATE INDEX awk_usage_days_day ON awk_usage_days (day);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events, nodes", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPT_SCHEMA),
     (3, "artefacts", ARTEFACTS),
     (4, "conversations by Claude session id", CONVERSATIONS),
+    (5, "usage", USAGE),
 ]
 
 

@@ -26,6 +26,7 @@ nothing is dropped. /readyz fails, new sessions get 503.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import socket
 import uuid
@@ -38,9 +39,10 @@ import structlog
 from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig, is_loopback
 from ...protocol.frames import stored_frame
+from ...usage.model import DayUsage, Usage
 from ..base import ClaimedSession, Conversation, SessionOwnedElsewhere, conversation_of
 from ..writer import Batch, GroupCommitWriter
-from .commit import TRANSIENT, commit, commit_each_session
+from .commit import TRANSIENT, USAGE_COLUMNS, commit, commit_each_session
 from .migrations import migrate
 from .transcripts import PostgresSessionStore
 
@@ -177,6 +179,17 @@ class PostgresStore(GroupCommitWriter):
             return None
         return conversation_of(row["sdk_session_id"], json.loads(row["spec"]), row["elsewhere"])
 
+    async def usage_days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
+        rows = await self._pool.fetch(
+            f"SELECT principal, day::text AS day, {USAGE_COLUMNS} FROM awk_usage_days"
+            " WHERE ($1::text IS NULL OR principal = $1) AND day BETWEEN $2::date AND $3::date"
+            " ORDER BY principal, day",
+            principal,
+            datetime.date.fromisoformat(since),
+            datetime.date.fromisoformat(until),
+        )
+        return [DayUsage(r["principal"], r["day"], Usage.of_row(tuple(r)[2:])) for r in rows]
+
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them
 
@@ -285,7 +298,14 @@ class PostgresStore(GroupCommitWriter):
             events=[(e["name"], json.loads(e["data"])) for e in events],
             created_at=row["created_at"],
             artefacts=await self._artefact_index(session_id),
+            usage=await self._session_usage(session_id),
         )
+
+    async def _session_usage(self, session_id: str) -> Usage | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {USAGE_COLUMNS} FROM awk_session_usage WHERE session_id = $1", session_id
+        )
+        return None if row is None else Usage.of_row(tuple(row))
 
     async def _claim_from_dead(
         self, session_id: str, dead_owner: str, principal: str | None

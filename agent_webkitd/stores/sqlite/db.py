@@ -102,11 +102,37 @@ CONVERSATIONS = """
 CREATE INDEX awk_sessions_sdk_session_id ON awk_sessions (sdk_session_id);
 """
 
+# What the model gateway counted (usage/): per session, and per principal per UTC day.
+USAGE = """
+CREATE TABLE awk_session_usage (
+    session_id TEXT PRIMARY KEY REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    usd REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE awk_usage_days (
+    principal TEXT NOT NULL,
+    day TEXT NOT NULL,                  -- UTC, YYYY-MM-DD
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    usd REAL NOT NULL,
+    PRIMARY KEY (principal, day)        -- kept when sessions are pruned: it is the bill
+) WITHOUT ROWID;
+CREATE INDEX awk_usage_days_day ON awk_usage_days (day)
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPTS),
     (3, "artefacts", ARTEFACTS),
     (4, "conversations by Claude session id", CONVERSATIONS),
+    (5, "usage", USAGE),
 ]
 
 

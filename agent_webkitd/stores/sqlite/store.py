@@ -30,6 +30,7 @@ from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig
 from ...protocol.frames import stored_frame
+from ...usage.model import DayUsage, Usage, fold
 from ..base import ClaimedSession, Conversation, conversation_of
 from ..transcript_keys import fold_summary, subpath_of, uuid_of
 from ..writer import ArtefactWrite, Batch, GroupCommitWriter
@@ -131,6 +132,17 @@ class SqliteStore(GroupCommitWriter):
         )
         return row is not None
 
+    async def usage_days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT principal, day, {USAGE_COLUMNS} FROM awk_usage_days"
+                " WHERE (? IS NULL OR principal = ?) AND day BETWEEN ? AND ?"
+                " ORDER BY principal, day",
+                (principal, principal, since, until),
+            ).fetchall()
+        )
+        return [DayUsage(row[0], row[1], Usage.of_row(row[2:])) for row in rows]
+
     async def conversation(self, ref: str) -> Conversation | None:
         row = await self.db.read(
             lambda conn: conn.execute(
@@ -207,6 +219,34 @@ def _commit(conn: sqlite3.Connection, *, batch: Batch, now: float) -> None:
         _append_transcript(conn, key, entries, int(now * 1000))
     for write in batch.artefacts:
         _write_artefact(conn, write)
+    _add_usage(conn, batch)
+
+
+USAGE_COLUMNS = (
+    "input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
+    " requests, usd"
+)
+_ADD_USAGE = ", ".join(
+    f"{c} = {c} + excluded.{c}" for c in USAGE_COLUMNS.replace(" ", "").split(",")
+)
+
+
+def _add_usage(conn: sqlite3.Connection, batch: Batch) -> None:
+    """Add the batch's usage to each session's totals and each principal's day."""
+    if not batch.usage:
+        return
+    sessions, days = fold(batch.usage)
+    conn.executemany(
+        f"INSERT INTO awk_session_usage (session_id, {USAGE_COLUMNS})"
+        " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM awk_sessions WHERE id = ?)"
+        f" ON CONFLICT (session_id) DO UPDATE SET {_ADD_USAGE}",
+        [(s, *usage.row(), s) for s, usage in sessions.items()],
+    )
+    conn.executemany(
+        f"INSERT INTO awk_usage_days (principal, day, {USAGE_COLUMNS})"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (principal, day) DO UPDATE SET {_ADD_USAGE}",
+        [(principal, day, *usage.row()) for (principal, day), usage in days.items()],
+    )
 
 
 def _write_artefact(conn: sqlite3.Connection, write: ArtefactWrite) -> None:
@@ -271,10 +311,12 @@ def _append_transcript(
 
 def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[ClaimedSession]:
     sessions = []
-    for session_id, spec, sdk_id, last_seq, last_state, created_at, last_active in conn.execute(
-        "SELECT id, spec, sdk_session_id, last_seq, last_state, created_at, last_active"
-        " FROM awk_sessions WHERE state = 'open' ORDER BY created_at"
+    for row in conn.execute(
+        "SELECT id, spec, sdk_session_id, last_seq, last_state, created_at, last_active,"
+        f" {USAGE_COLUMNS} FROM awk_sessions LEFT JOIN awk_session_usage ON session_id = id"
+        " WHERE state = 'open' ORDER BY created_at"
     ).fetchall():
+        session_id, spec, sdk_id, last_seq, last_state, created_at, last_active = row[:7]
         if last_state in SETTLED_STATES:  # its last result is enough (the cost so far)
             query = (
                 "SELECT name, data FROM (SELECT seq, name, data FROM awk_events"
@@ -299,6 +341,7 @@ def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[
                 created_at=created_at,
                 idle_s=max(0.0, now - last_active),
                 artefacts=_load_artefacts(conn, session_id),
+                usage=None if row[7] is None else Usage.of_row(row[7:]),
             )
         )
     return sessions

@@ -1,0 +1,98 @@
+"""Reading a model response's usage as it passes through the gateway, without holding it up.
+
+A streamed response (`text/event-stream`) says its usage twice: `message_start` carries
+the input side (input, cache-write and cache-read tokens), `message_delta` near the end
+the cumulative output (and, from newer APIs, cumulative input figures too, which win). A
+plain JSON response has one `usage` in its body. Only lines that mention `"usage"` are
+decoded, so the many content deltas of a stream cost a substring search each.
+
+`feed` is called with each chunk *before* it is passed on, and says when the final usage
+has just become known: the gateway records it then, so by the time the CLI has read
+the response and reported its turn's `result`, the usage is already counted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .model import TOKEN_KINDS, Usage
+
+MAX_JSON_BODY = 8 * 1024 * 1024  # a non-streamed response larger than this is not metered
+MAX_LINE = 1024 * 1024  # a partial SSE line kept between chunks
+
+
+class ResponseMeter:
+    """One response's usage, from its bytes."""
+
+    def __init__(self, streamed: bool) -> None:
+        self.model: str | None = None
+        self.usage: Usage | None = None  # what is known so far (None: nothing yet)
+        self.final = False  # the figures cannot change any more
+        self._streamed = streamed
+        self._tail = b""  # a stream's partial last line
+        self._body: list[bytes] | None = None if streamed else []
+        self._body_bytes = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next chunk; True once, when the final usage has just become known."""
+        if self._body is not None:
+            self._body_bytes += len(chunk)
+            if self._body_bytes <= MAX_JSON_BODY:
+                self._body.append(chunk)
+            return False
+        data = self._tail + chunk if self._tail else chunk
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:] if len(data) - cut <= MAX_LINE else b""
+        if b'"usage"' not in data[:cut] or self.final:
+            return False
+        for line in data[:cut].split(b"\n"):
+            if line.startswith(b"data:") and b'"usage"' in line:
+                self._event(line[5:])
+        return self.final
+
+    def finish(self) -> None:
+        """The response has ended (or broke off): a JSON body is read now."""
+        if self._body is None or self.final or self._body_bytes > MAX_JSON_BODY:
+            return
+        body = _json(b"".join(self._body))
+        self._body = None
+        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+            self.model = _text(body.get("model"))
+            self.usage = _usage(body["usage"], Usage(requests=1))
+            self.final = True
+
+    def _event(self, raw: bytes) -> None:
+        event = _json(raw)
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            message = event["message"]
+            self.model = _text(message.get("model"))
+            if isinstance(message.get("usage"), dict):
+                self.usage = _usage(message["usage"], Usage(requests=1))
+        elif kind == "message_delta" and isinstance(event.get("usage"), dict):
+            self.usage = _usage(event["usage"], self.usage or Usage(requests=1))
+            self.final = True
+
+
+def _usage(figures: dict[str, Any], base: Usage) -> Usage:
+    """`base` with every count `figures` gives replaced (the API's counts are cumulative)."""
+    out = base.copy()
+    for name in TOKEN_KINDS:
+        value = figures.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(out, name, value)
+    return out
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

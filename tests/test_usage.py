@@ -1,0 +1,140 @@
+"""Usage and budgets per principal (DESIGN §13), black box: the real CLI, sandboxed, reaches
+the stand-in model through the daemon's gateway; the stand-in reports different figures
+in every response (and records them), so the daemon's sums can be checked against what
+was actually served, per session, per principal per day, and in the metrics. Budgets are
+crossed mid-turn (a tool-using turn of two model requests, the second refused) and at
+input; totals and blocks survive a restart; other principals are untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import TOKEN, Daemon, api_for
+from tests.standin.fake_model import fetch_requests
+from tests.standin.fixtures import fake_model_url
+from tests.test_sandbox import ALICE_TOKEN, BOB_TOKEN, REAL_KEY, TIMEOUT_S, Agent, sandboxed_config
+from tests.wire_client import Api
+
+__all__ = ["fake_model_url"]  # a fixture
+
+KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+PRICES = {"claude": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}}
+
+
+async def start_metered(start_daemon: Callable[..., Any], model_url: str, tmp_path: Path,
+                        **sections: Any) -> Daemon:
+    """The product's defaults (SQLite, sandbox, gateway) with alice and bob, plus `sections`."""
+    workdir = tmp_path / "daemon0"
+    (workdir / "run").mkdir(parents=True, exist_ok=True)
+    config = sandboxed_config(model_url, workdir)
+    config["sessions"] = {**config["sessions"], **sections.pop("sessions", {})}
+    config.update(sections)
+    env = {"ANTHROPIC_API_KEY": REAL_KEY, "ALICE_TOKEN": ALICE_TOKEN, "BOB_TOKEN": BOB_TOKEN,
+           "RUNTIME_DIRECTORY": str(workdir / "run")}
+    daemon: Daemon = await start_daemon(config, env=env)
+    return daemon
+
+
+def served(requests: list[dict[str, Any]]) -> dict[str, int]:
+    """What the stand-in reported over these requests: the four counts and requests."""
+    answered = [r for r in requests if r["path"].startswith("/v1/messages?") and "usage" in r]
+    totals = {kind: sum(r["usage"][kind] for r in answered) for kind in KINDS}
+    return {**totals, "requests": len(answered)}
+
+
+def counts(usage: dict[str, Any]) -> dict[str, int]:
+    return {k: usage[k] for k in (*KINDS, "requests")}
+
+
+def usd(usage: dict[str, int]) -> float:
+    price = PRICES["claude"]
+    return (usage["input_tokens"] * price["input"] + usage["output_tokens"] * price["output"]
+            + usage["cache_creation_input_tokens"] * price["cache_write"]
+            + usage["cache_read_input_tokens"] * price["cache_read"]) / 1e6
+
+
+async def usage_rows(api: Api, query: str = "") -> list[dict[str, Any]]:
+    status, body, _ = await api.request("GET", f"/usage{query}")
+    assert status == 200, body
+    rows: list[dict[str, Any]] = body["usage"]
+    return rows
+
+
+async def session_usage(api: Api, session_id: str) -> dict[str, Any]:
+    status, body, _ = await api.request("GET", f"/sessions/{session_id}")
+    assert status == 200, body
+    usage: dict[str, Any] = body["usage"]
+    return usage
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{name}{{(.*)}} (\S+)$", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            total += float(match.group(2))
+    return total
+
+
+async def test_usage_is_what_the_model_served_per_session_and_per_principal_and_survives_a_restart(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path,
+) -> None:
+    daemon = await start_metered(start_daemon, fake_model_url, tmp_path, usage={"prices": PRICES})
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, ALICE_TOKEN) as alice_api, \
+            api_for(daemon, BOB_TOKEN) as bob_api, api_for(daemon, TOKEN) as admin:
+        alice = await Agent.open(alice_api)
+        await alice.turn("hello there")
+        first = await alice.stream.until("usage", 10)  # right after the turn's result
+        assert alice.stream.events[-2].name == "result"
+        after_first = served(await fetch_requests(fake_model_url))
+        assert after_first["requests"] >= 1
+        assert counts(first.data) == after_first
+        await alice.bash("echo tool turn")  # two model requests: the tool call, the answer
+        second = await alice.stream.until("usage", 10)
+        alice_served = served(await fetch_requests(fake_model_url))
+        assert alice_served["requests"] >= after_first["requests"] + 2
+        assert counts(second.data) == alice_served
+        assert abs(second.data["usd"] - usd(alice_served)) < 1e-6
+
+        bob = await Agent.open(bob_api)
+        await bob.turn("bob says hi")
+        everything = served(await fetch_requests(fake_model_url))
+        bob_served = {k: everything[k] - alice_served[k] for k in everything}
+
+        assert counts(await session_usage(alice_api, alice.id)) == alice_served
+        assert counts(await session_usage(bob_api, bob.id)) == bob_served
+        [alice_day] = await usage_rows(alice_api)
+        assert (alice_day["principal"], alice_day["day"]) == ("token:alice", today)
+        assert counts(alice_day) == alice_served
+        assert [r["principal"] for r in await usage_rows(bob_api)] == ["token:bob"]
+        status, body, _ = await bob_api.request("GET", "/usage?principal=token:alice")
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+        assert {r["principal"] for r in await usage_rows(admin)} == {"token:alice", "token:bob"}
+        [only] = await usage_rows(admin, "?principal=token:bob")
+        assert counts(only) == bob_served
+        assert await usage_rows(admin, "?since=2020-01-01&until=2020-01-31") == []
+        for bad in ("?since=yesterday", "?since=2026-13-01", "?since=2026-02-01&until=2026-01-01"):
+            status, body, _ = await admin.request("GET", f"/usage{bad}")
+            assert (status, body["error"]["code"]) == (400, "bad_date"), bad
+
+        metrics = await (await admin.http.get(daemon.base_url + "/metrics", headers=admin.headers())).text()
+        assert metric(metrics, "agent_webkit_model_tokens_total", principal="token:alice",
+                      kind="cache_read") == alice_served["cache_read_input_tokens"]
+        assert metric(metrics, "agent_webkit_model_tokens_total", principal="token:bob",
+                      kind="input") == bob_served["input_tokens"]
+        assert metric(metrics, "agent_webkit_model_requests_total", status="200") >= everything["requests"]
+
+    assert await daemon.stop() == 0
+    await daemon.start()
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, ALICE_TOKEN) as alice_api:
+        assert counts(await session_usage(alice_api, alice.id)) == alice_served
+        [alice_day] = await usage_rows(alice_api)
+        assert counts(alice_day) == alice_served
+        assert abs(alice_day["usd"] - usd(alice_served)) < 1e-6
