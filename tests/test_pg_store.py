@@ -262,7 +262,7 @@ async def test_migrate_and_prune_commands(pg_dsn: str, start_daemon: Any, tmp_pa
     config.write_text(f'[store]\nbackend = "postgres"\ndsn = "{pg_dsn}"\n')
     # Two at once, as two hosts starting together: each migration is applied once.
     runs = await asyncio.gather(*(agent_webkitd("migrate", "--config", str(config)) for _ in range(2)))
-    assert sorted(json.loads(out)["applied"] for _, out in runs) == [[], [1, 2, 3, 4]]
+    assert sorted(json.loads(out)["applied"] for _, out in runs) == [[], [1, 2, 3, 4, 5]]
     assert json.loads((await agent_webkitd("migrate", "--config", str(config)))[1]) == {"applied": []}
 
     daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path))

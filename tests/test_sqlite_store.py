@@ -329,7 +329,7 @@ async def test_migrate_twice_and_prune_work_on_the_file(start_daemon: Any, tmp_p
     config = tmp_path / "maintenance.toml"
     config.write_text(f'[store]\nbackend = "sqlite"\npath = "{db}"\n')
     runs = await asyncio.gather(*(agent_webkitd("migrate", "--config", str(config)) for _ in range(2)))
-    assert sorted(json.loads(out)["applied"] for out in runs) == [[], [1, 2, 3, 4]]
+    assert sorted(json.loads(out)["applied"] for out in runs) == [[], [1, 2, 3, 4, 5]]
     daemon = await start_daemon(sqlite_overrides(db))
     # The daemon's own workspaces: prune removes a pruned session's folders from there.
     states = daemon.workdir / "workspaces" / ".cli"
