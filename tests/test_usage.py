@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import TOKEN, Daemon, api_for
+from tests.conftest import TOKEN, Daemon, api_for, processes_with_mark
 from tests.standin.fake_model import fetch_requests
 from tests.standin.fixtures import fake_model_url
 from tests.test_sandbox import ALICE_TOKEN, BOB_TOKEN, REAL_KEY, TIMEOUT_S, Agent, sandboxed_config
@@ -138,3 +138,61 @@ async def test_usage_is_what_the_model_served_per_session_and_per_principal_and_
         [alice_day] = await usage_rows(alice_api)
         assert counts(alice_day) == alice_served
         assert abs(alice_day["usd"] - usd(alice_served)) < 1e-6
+
+
+async def state_of(api: Api, session_id: str) -> str:
+    status, body, _ = await api.request("GET", f"/sessions/{session_id}")
+    assert status == 200, body
+    return str(body["state"])
+
+
+async def until_state(api: Api, session_id: str, state: str) -> None:
+    while await state_of(api, session_id) != state:  # noqa: ASYNC110 - polling a remote server
+        await asyncio.sleep(0.1)
+
+
+async def cli_processes(daemon: Daemon, expected: int) -> None:
+    """Wait until exactly `expected` CLI processes of this daemon run (counted in /proc)."""
+    while len(processes_with_mark(daemon.mark)) != expected:  # noqa: ASYNC110 - polling /proc
+        await asyncio.sleep(0.1)
+
+
+async def test_a_principal_at_its_share_of_live_agents_hibernates_its_own_and_waits_for_its_own(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path,
+) -> None:
+    daemon = await start_metered(start_daemon, fake_model_url, tmp_path,
+                                 sessions={"max_live_agents_per_principal": 2, "hibernate_after_s": 0})
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, ALICE_TOKEN) as alice_api, \
+            api_for(daemon, BOB_TOKEN) as bob_api, api_for(daemon, TOKEN) as admin:
+        a1, a2 = await Agent.open(alice_api), await Agent.open(alice_api)
+        b1 = await Agent.open(bob_api)
+        await cli_processes(daemon, 3)
+        a3 = await Agent.open(alice_api)  # at her share: her least recently used one goes
+        await until_state(alice_api, a1.id, "hibernated")
+        await cli_processes(daemon, 3)
+        assert [await state_of(alice_api, a.id) for a in (a2, a3)] == ["idle", "idle"]
+        assert await state_of(bob_api, b1.id) == "idle"
+        listing = (await admin.request("GET", "/sessions"))[1]
+        assert listing["agents_by_principal"] == {
+            "token:alice": {"live_agents": 2, "waiting_for_agent": 0},
+            "token:bob": {"live_agents": 1, "waiting_for_agent": 0}}
+
+        # Her wake waits for her own share: a2, her least recently used, hibernates for it.
+        await a1.turn("wake up")
+        assert await state_of(alice_api, a2.id) == "hibernated"
+        assert await state_of(bob_api, b1.id) == "idle"
+        await cli_processes(daemon, 3)
+
+        # Both of her CLIs busy: a create of hers is 429, bob's goes through.
+        await alice_api.say(a1.id, "slow one")
+        await alice_api.say(a3.id, "slow two")
+        await until_state(alice_api, a1.id, "running")
+        await until_state(alice_api, a3.id, "running")
+        status, body, headers = await alice_api.request("POST", "/sessions", {})
+        assert (status, body["error"]["code"], headers["Retry-After"]) == (429, "principal_at_capacity", "2")
+        b2 = await Agent.open(bob_api)
+        await cli_processes(daemon, 4)
+        for agent in (a1, a3):
+            await agent.stream.until("result", 30)
+        assert await state_of(bob_api, b2.id) == "idle"
+        await Agent.open(alice_api)  # her turns are over: one of hers makes room again

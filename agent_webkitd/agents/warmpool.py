@@ -36,6 +36,7 @@ class _Warm:
     """A warm CLI as the agent slots see it: always idle, never used, first to go."""
 
     last_used = float("-inf")
+    owner = ""  # nobody's until a session takes it
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent

@@ -233,7 +233,9 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     owner = request.query.get("owner") if principal.admin else None
     sessions = [s.describe(full=False) for s in supervisor.visible(principal, owner)]
-    counts = supervisor.counts() if principal.admin else {}
+    counts: dict[str, Any] = {}
+    if principal.admin:
+        counts = {**supervisor.counts(), "agents_by_principal": supervisor.slots.by_principal()}
     return json_response({"sessions": sessions, **counts})
 
 

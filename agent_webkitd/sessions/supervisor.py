@@ -68,7 +68,9 @@ class Supervisor:
         self.sessions: dict[str, Session] = {}
         self._by_owner: dict[str, dict[str, Session]] = {}  # GET /sessions as one principal
         self.slots = AgentSlots(
-            config.sessions.live_agents_cap, config.sessions.max_concurrent_starts
+            config.sessions.live_agents_cap,
+            config.sessions.max_concurrent_starts,
+            config.sessions.max_live_agents_per_principal,
         )
         self.draining = False
         self.streams = 0  # open SSE streams on this host
