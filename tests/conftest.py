@@ -84,6 +84,9 @@ class Daemon:
             "store": {"backend": "memory"},  # tests of the durable stores say so
         }
         for section, values in overrides.items():
+            if not isinstance(values, dict):  # an array of tables ([[budgets]])
+                config[section] = values
+                continue
             merged = {**config.get(section, {}), **values}
             if section == "agent" and "env" in values:
                 merged["env"] = {**config["agent"]["env"], **values["env"]}

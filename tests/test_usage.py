@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent_webkitd.usage.ledger import REFRESH_S
 from tests.conftest import TOKEN, Daemon, api_for, processes_with_mark
 from tests.standin.fake_model import fetch_requests
 from tests.standin.fixtures import fake_model_url
@@ -27,13 +28,13 @@ PRICES = {"claude": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_r
 
 
 async def start_metered(start_daemon: Callable[..., Any], model_url: str, tmp_path: Path,
-                        **sections: Any) -> Daemon:
+                        name: str = "daemon0", **sections: Any) -> Daemon:
     """The product's defaults (SQLite, sandbox, gateway) with alice and bob, plus `sections`."""
-    workdir = tmp_path / "daemon0"
+    workdir = tmp_path / name
     (workdir / "run").mkdir(parents=True, exist_ok=True)
     config = sandboxed_config(model_url, workdir)
-    config["sessions"] = {**config["sessions"], **sections.pop("sessions", {})}
-    config.update(sections)
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     env = {"ANTHROPIC_API_KEY": REAL_KEY, "ALICE_TOKEN": ALICE_TOKEN, "BOB_TOKEN": BOB_TOKEN,
            "RUNTIME_DIRECTORY": str(workdir / "run")}
     daemon: Daemon = await start_daemon(config, env=env)
@@ -196,3 +197,114 @@ async def test_a_principal_at_its_share_of_live_agents_hibernates_its_own_and_wa
             await agent.stream.until("result", 30)
         assert await state_of(bob_api, b2.id) == "idle"
         await Agent.open(alice_api)  # her turns are over: one of hers makes room again
+
+
+BUDGET = [{"principal": "token:alice", "tokens_per_day": 1000}]
+
+
+def seconds_to_midnight() -> float:
+    now = datetime.datetime.now(datetime.UTC)
+    midnight = datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time(),
+                                         datetime.UTC)
+    return (midnight - now).total_seconds()
+
+
+async def refused_input(api: Api, session_id: str) -> dict[str, Any]:
+    status, body, headers = await api.request(
+        "POST", f"/sessions/{session_id}/input", {"type": "user_message", "content": "more please"})
+    assert (status, body["error"]["code"]) == (429, "budget_exceeded"), body
+    assert abs(int(headers["Retry-After"]) - seconds_to_midnight()) < 30
+    tomorrow = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
+    assert body["error"]["resets_at"] == f"{tomorrow.isoformat()}T00:00:00+00:00"
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+async def test_a_turn_crossing_its_budget_ends_after_the_request_in_flight_and_input_is_refused(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path,
+) -> None:
+    daemon = await start_metered(start_daemon, fake_model_url, tmp_path, budgets=BUDGET)
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, ALICE_TOKEN) as alice_api, \
+            api_for(daemon, BOB_TOKEN) as bob_api, api_for(daemon, TOKEN) as admin:
+        alice = await Agent.open(alice_api)
+        await alice.turn("hello, spend 300")  # under budget: 300 input + the rest
+        # A tool-using turn: its first model request (1,000+ tokens) crosses the line, the
+        # tool runs, the next model request is refused by the gateway and the turn ends.
+        await alice.api.say(alice.id, "bash: echo crossed # spend 1000")
+        await alice.api.say(alice.id, "queued behind the crossing turn")  # accepted: not over yet
+        tool_results = []
+        while (event := await alice.stream.next(60)).name != "result":
+            if event.name == "permission_request":
+                allow = {"type": "permission_response", "behavior": "allow",
+                         "correlation_id": event.data["correlation_id"]}
+                assert await alice_api.send(alice.id, allow) == (204, "")
+            elif event.name == "tool_result":
+                tool_results.append(event.data)
+        assert "crossed" in str(tool_results[0]["output"])
+        # The CLI ends the turn with its own error result, which says why.
+        assert event.data["is_error"] and "budget_exceeded" in event.data["result"]
+        names = [e.name for e in alice.stream.events]
+        [error] = [e.data for e in alice.stream.events if e.name == "error"]
+        assert error["code"] == "budget_exceeded" and error["limit"] == "tokens_per_day"
+        tomorrow = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
+        assert error["resets_at"] == f"{tomorrow.isoformat()}T00:00:00+00:00"
+        [discarded] = [e.data for e in alice.stream.events if e.name == "input_discarded"]
+        assert discarded == {"messages": [{"content": "queued behind the crossing turn"}]}
+        assert names.index("error") < len(names) - 1  # then the CLI's own end of the turn
+        await alice.stream.until("usage", 10)
+
+        # The refused request never reached the model, and the CLI did not retry it.
+        await asyncio.sleep(3)
+        requests = await fetch_requests(fake_model_url)
+        crossing = [r for r in requests if r["path"].startswith("/v1/messages?")
+                    and "spend 1000" in str(r["body"])]
+        assert len(crossing) == 1, [r["path"] for r in crossing]
+        assert daemon.logs().count('"model_request_refused"') == 1
+        assert "queued behind" not in str(requests)
+        metrics = await (await admin.http.get(daemon.base_url + "/metrics", headers=admin.headers())).text()
+        assert metric(metrics, "agent_webkit_model_requests_total", status="429") == 1
+
+        # Over budget: input is refused with nothing queued; the overshoot is one request.
+        before = len(alice.stream.events)
+        await refused_input(alice_api, alice.id)
+        [day] = await usage_rows(alice_api)
+        assert 1000 <= day["input_tokens"] + day["output_tokens"] + day["cache_creation_input_tokens"] \
+            + day["cache_read_input_tokens"] < 1000 + 300 + 2 * 1300
+        await asyncio.sleep(0.5)
+        assert [e.name for e in alice.stream.events[before:]] == []
+        assert (await alice_api.request("POST", "/sessions", {}))[0] == 200  # a create spends nothing
+
+        # Bob has no budget: untouched.
+        bob = await Agent.open(bob_api)
+        await bob.bash("echo bob works")
+
+    assert await daemon.stop() == 0
+    await daemon.start()
+    async with asyncio.timeout(TIMEOUT_S), api_for(daemon, ALICE_TOKEN) as alice_api:
+        await refused_input(alice_api, alice.id)  # the block outlives the process
+
+
+async def test_postgres_keeps_usage_and_budgets_across_a_failover(
+    start_daemon: Callable[..., Any], fake_model_url: str, tmp_path: Path, pg_dsn: str,
+) -> None:
+    store = {"backend": "postgres", "dsn": pg_dsn, "lease_s": 60}  # the port refuses: claimed at once
+    first = await start_metered(start_daemon, fake_model_url, tmp_path, "host-a", store=store,
+                                budgets=BUDGET)
+    second = await start_metered(start_daemon, fake_model_url, tmp_path, "host-b", store=store,
+                                 budgets=BUDGET)
+    async with asyncio.timeout(TIMEOUT_S), api_for(first, ALICE_TOKEN) as on_a, \
+            api_for(second, ALICE_TOKEN) as on_b, api_for(second, BOB_TOKEN) as bob_on_b:
+        alice = await Agent.open(on_a)
+        await alice.turn("hello from host a, spend 1000")  # over her budget after this one
+        await alice.stream.until("usage", 10)
+        spent = served(await fetch_requests(fake_model_url))
+        assert counts(await session_usage(on_a, alice.id)) == spent
+        first.kill()
+        await asyncio.sleep(REFRESH_S + 1)  # host b re-reads the month's spending meanwhile
+
+        assert counts(await session_usage(on_b, alice.id)) == spent  # claimed with its totals
+        [day] = await usage_rows(on_b)
+        assert counts(day) == spent
+        await refused_input(on_b, alice.id)  # spent on host a, refused on host b
+        bob = await Agent.open(bob_on_b)
+        await bob.turn("bob on host b")

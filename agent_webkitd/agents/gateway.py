@@ -36,7 +36,7 @@ from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
 from ..metrics import Metrics
-from ..usage.ledger import Ledger
+from ..usage.ledger import Ledger, utc_now
 from ..usage.meter import ResponseMeter
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -51,9 +51,11 @@ HOP_BY_HOP = frozenset(
 )
 CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
 METERED = "/v1/messages"  # count_tokens answers a count, it spends none
-# How a request over budget is refused: a status and error type the CLI gives up on at
-# once, with no retry (tests/test_budgets.py proves it with the real CLI).
-BUDGET_REFUSAL = (400, "invalid_request_error")
+# A request over budget is refused as a rate limit the CLI must not retry: the real CLI
+# (2.1.332) retries 408/409/429/5xx and even a plain 400 (up to 10 times, with fallbacks),
+# but gives up at once on `x-should-retry: false`, and on a 429 whose retry-after is over
+# a minute (tests/test_usage.py proves it end to end).
+BUDGET_STATUS, BUDGET_ERROR = 429, "rate_limit_error"
 
 
 @dataclass(frozen=True)
@@ -224,8 +226,10 @@ class ModelGateway:
         over = self._ledger.refuse(session_id)
         if over is None:
             return None
-        status, kind = BUDGET_REFUSAL
-        return _error(status, kind, f"budget_exceeded: {over.message()}")
+        refusal = _error(BUDGET_STATUS, BUDGET_ERROR, f"budget_exceeded: {over.message()}")
+        refusal.headers["x-should-retry"] = "false"
+        refusal.headers["retry-after"] = str(over.retry_after(utc_now()))
+        return refusal
 
     async def _forward(self, request: web.Request, metered: str | None) -> web.StreamResponse:
         """Pass the request on and stream the answer back; with `metered` (a session

@@ -16,9 +16,12 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)  # strings and numbers: JSON's forms are valid TOML
 
 
-def dump_toml(sections: dict[str, dict[str, Any]]) -> str:
-    lines = []
+def dump_toml(sections: dict[str, Any]) -> str:
+    # Top-level keys that are not tables (`budgets = [{...}]`) go before the first table.
+    lines = [f"{json.dumps(k)} = {toml_value(v)}" for k, v in sections.items() if not isinstance(v, dict)]
     for name, values in sections.items():
+        if not isinstance(values, dict):
+            continue
         lines.append(f"[{name}]")
         lines.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in values.items())
         lines.append("")
