@@ -39,6 +39,14 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
            "none", samples interleaved: cold create and wake latency (ratios), warm creates,
            the sandbox's memory per live CLI, and the model gateway's added time to a
            response's first byte (bench/sandbox.py)
+  files    ours only: a 10 MiB file up (PUT) and down (GET) through the workspace files routes
+           with curl, against a plain aiohttp app (web.static; a naive streaming upload), rounds
+           interleaved: MiB/s p50 and ours / plain (target >= 0.8); the daemon's longest event
+           loop stall during a transfer (target <= 20 ms), from a /healthz probe in another
+           process, against the probe idle (bench/files.py)
+  gateway  ours only: the model gateway's CPU per proxied streamed response with usage accounting
+           (meter, ledger, budget check, prices) against without, rounds interleaved; target
+           <= 1.05x (bench/gateway.py)
 
 Raw results: bench/results/<timestamp>.json.
 """
@@ -68,13 +76,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import costs, embedded, hibernation, pgdb, principals, sandbox  # noqa: E402
+from bench import costs, embedded, files, gateway, hibernation, pgdb, principals, sandbox  # noqa: E402
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
 PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
-          "cost", "sandbox")
-OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost", "sandbox")  # need no peer installed
+          "cost", "sandbox", "files", "gateway")
+OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost", "sandbox", "files",
+             "gateway")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -565,6 +574,12 @@ class Bench:
     async def phase_sandbox(self) -> dict[str, Any]:
         return await sandbox.phase_sandbox(self)
 
+    async def phase_files(self) -> dict[str, Any]:
+        return await files.phase_files(self)
+
+    async def phase_gateway(self) -> dict[str, Any]:
+        return await gateway.phase_gateway(self)
+
     async def phase_scale(self) -> dict[str, Any]:
         a = self.args
         n = a.scale_sessions
@@ -895,6 +910,8 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     rows += hibernation.rows(results)
     rows += costs.rows(results)
     rows += sandbox.rows(results)
+    rows += files.rows(results)
+    rows += gateway.rows(results)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]

@@ -18,6 +18,9 @@ from agent_webkitd.metrics import Metrics
 from agent_webkitd.protocol import openapi
 from agent_webkitd.sessions.supervisor import Supervisor
 from agent_webkitd.stores.memory import MemoryStore
+from agent_webkitd.usage.budgets import Budgets
+from agent_webkitd.usage.ledger import Ledger
+from agent_webkitd.usage.prices import Prices
 from tests.conftest import Daemon, api_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +31,9 @@ async def test_the_document_and_the_app_have_exactly_the_same_routes(tmp_path: P
     config = Config()
     gateway = ModelGateway("http://127.0.0.1:9", None, tmp_path / "model.sock", tcp=True)  # not started
     confinement = Confinement(config.agent, gateway, tmp_path, ())
-    supervisor = Supervisor(config, MemoryStore(), Metrics(), confinement, Workspaces(tmp_path))
+    store, metrics = MemoryStore(), Metrics()
+    ledger = Ledger(store, Prices({}), Budgets(()), metrics, shared=False)
+    supervisor = Supervisor(config, store, metrics, confinement, Workspaces(tmp_path), ledger)
     app = build_app(config, supervisor, "token")  # type: ignore[arg-type]
     served = {
         (route.method.lower(), route.resource.canonical)

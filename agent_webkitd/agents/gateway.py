@@ -37,7 +37,7 @@ from yarl import URL
 
 from ..metrics import Metrics
 from ..usage.ledger import Ledger, utc_now
-from ..usage.meter import ResponseMeter
+from ..usage.meter import USAGE_KEY, ResponseMeter
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 KEY_PREFIX = "awk-session-"
@@ -257,12 +257,21 @@ class ModelGateway:
             )
             meter = None
             if metered is not None and self._ledger is not None and upstream.status == 200:
-                streamed = upstream.content_type == "text/event-stream"
-                meter = ResponseMeter(streamed)
+                meter = ResponseMeter(streamed=upstream.content_type == "text/event-stream")
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
-                    if meter is not None and meter.feed(chunk):
+                    # meter.wants(chunk), inlined: this runs for every chunk of every stream.
+                    if (
+                        meter is not None
+                        and (
+                            meter.collecting
+                            or meter.tail
+                            or chunk[-1:] != b"\n"
+                            or chunk.find(USAGE_KEY) >= 0
+                        )
+                        and meter.feed(chunk)
+                    ):
                         self._count(metered, meter)  # before the CLI can see the end
                         meter = None
                     await response.write(chunk)

@@ -23,7 +23,7 @@ from ..config import AgentConfig
 from ..errors import ApiError, bad_request, not_found
 from ..sessions.session import Session
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024  # per thread hop: smaller chunks cost more in hops than in memory
 FindSession = Callable[[web.Request], Awaitable[Session]]
 
 

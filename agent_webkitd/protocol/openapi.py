@@ -230,8 +230,49 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "a count in GET /sessions; the full requests in GET /sessions/{id}",
                 "oneOf": [{"type": "integer"}, {"type": "array", "items": {"type": "object"}}],
             },
+            "usage": {**ref("Usage"), "description": "GET /sessions/{id} only: its totals"},
         },
         ("session_id", "owner", "state", "created_at", "last_seq", "pending_decisions"),
+    ),
+    "Usage": obj(
+        {
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "cache_creation_input_tokens": {"type": "integer"},
+            "cache_read_input_tokens": {"type": "integer"},
+            "requests": {"type": "integer", "description": "model requests answered"},
+            "usd": {"type": "number", "description": "only with [usage.prices]"},
+        },
+        (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "requests",
+        ),
+        description="What model requests consumed, as the gateway counted it (the Messages"
+        " API's names).",
+    ),
+    "UsageDays": obj(
+        {
+            "usage": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        obj(
+                            {
+                                "principal": ANY_TEXT,
+                                "day": {"type": "string", "format": "date", "description": "UTC"},
+                            },
+                            ("principal", "day"),
+                        ),
+                        ref("Usage"),
+                    ]
+                },
+                "description": "by principal, then day",
+            }
+        },
+        ("usage",),
     ),
     "Message": obj(
         {
@@ -300,7 +341,24 @@ SCHEMAS: dict[str, Schema] = {
         "description": "The counts (of the whole host) are shown to admins only.",
         "allOf": [
             ref("Counts"),
-            obj({"sessions": {"type": "array", "items": ref("Session")}}, ("sessions",)),
+            obj(
+                {
+                    "sessions": {"type": "array", "items": ref("Session")},
+                    "agents_by_principal": {
+                        "type": "object",
+                        "description": "admins: each principal's live CLIs and wakes"
+                        " waiting for one (its share: max_live_agents_per_principal)",
+                        "additionalProperties": obj(
+                            {
+                                "live_agents": {"type": "integer"},
+                                "waiting_for_agent": {"type": "integer"},
+                            },
+                            ("live_agents", "waiting_for_agent"),
+                        ),
+                    },
+                },
+                ("sessions",),
+            ),
         ],
     },
     "Health": {
@@ -568,13 +626,27 @@ EVENTS: dict[str, Schema] = {
                     "turn_lost",
                     "evicted",
                     "encode_failed",
+                    "budget_exceeded",
                 ],
             },
             "message": ANY_TEXT,
             "unsent_messages": {"type": "integer", "description": "with wake_failed"},
+            "resets_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "with budget_exceeded: when the budget's window ends (UTC)",
+            },
+            "limit": {
+                "enum": ["tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month"],
+                "description": "with budget_exceeded: the limit reached",
+            },
         },
         ("code", "message"),
     ),
+    "usage": {
+        **ref("Usage"),
+        "description": "After each `result`: the session's usage totals so far (additive).",
+    },
     "mcp_status_change": obj(
         {"server_name": ANY_TEXT, "status": ANY_TEXT}, ("server_name", "status")
     ),
@@ -678,6 +750,7 @@ FILE_PATH = {
     "description": "relative to the workspace; no `..`, `.`, empty parts or"
     " control characters; never through a symlink",
 }
+DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 ARTEFACT_ID = {
     "name": "artefact_id",
     "in": "path",
@@ -878,6 +951,7 @@ def paths() -> dict[str, Any]:
                             404: ["not_found"],
                             409: ["already_resolved", "unknown_correlation_id"],
                             413: ["payload_too_large", "message_too_large", "image_too_large"],
+                            429: ["budget_exceeded"],
                             502: ["agent_error"],
                             503: ["backpressure", *DURABLE_ERRORS],
                         }
@@ -1049,6 +1123,35 @@ def paths() -> dict[str, Any]:
                     ),
                 },
             },
+        },
+        "/usage": {
+            "get": {
+                "operationId": "getUsage",
+                "summary": "Model usage per principal per UTC day: your own; an admin's:"
+                " everyone's",
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": description,
+                        "schema": schema,
+                    }
+                    for name, description, schema in (
+                        (
+                            "principal",
+                            "admins: just this principal's (anyone else: only their own)",
+                            {"type": "string"},
+                        ),
+                        ("since", "first day, UTC (default: this month's first)", DAY),
+                        ("until", "last day, UTC, included (default: today)", DAY),
+                    )
+                ],
+                "responses": {
+                    "200": ok("The days", ref("UsageDays")),
+                    **errors({400: ["bad_date"], **AUTH, 403: ["forbidden"]}),
+                },
+            }
         },
         "/healthz": {
             "get": {

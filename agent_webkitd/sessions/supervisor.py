@@ -565,6 +565,7 @@ class Supervisor:
 
     def refresh_gauges(self) -> None:
         """Set the point-in-time gauges just before a scrape."""
+        self.ledger.flush_metrics()
         sessions = list(self.sessions.values())
         counts = self.counts()
         self.metrics.sessions_live.set({}, counts["live_sessions"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from .prices import Prices
 log = structlog.get_logger(__name__)
 
 REFRESH_S = 5.0
+VERDICT_S = 1.0  # a principal's budget verdict is reused this long, unless it spends meanwhile
 
 
 class UsageStore(Protocol):
@@ -65,6 +67,12 @@ class Ledger:
         self._owners: dict[str, str] = {}  # session id -> its principal
         self._days: dict[str, dict[str, Usage]] = {}  # principal -> day -> usage (this month)
         self._refresh_task: asyncio.Task[None] | None = None
+        # principal -> (over budget or not, valid until (monotonic)): the gateway asks
+        # before every model request, the answer changes only when it spends or a window ends.
+        self._verdicts: dict[str, tuple[OverBudget | None, float]] = {}
+        # Tokens counted since the last scrape, by (principal, kind): the counter is
+        # updated at scrape time (`flush_metrics`), not on every response.
+        self._unscraped: dict[tuple[str, str], int] = {}
         # Called when a turn's model request is refused: the session tells its stream.
         self.on_refused: Callable[[str, OverBudget], None] = lambda session_id, over: None
 
@@ -118,11 +126,8 @@ class Ledger:
         usage.usd = self.prices.cost(model, usage)
         principal = self._owners.get(session_id, "")
         for name, kind in METRIC_KINDS.items():
-            tokens = getattr(usage, name)
-            if tokens:
-                self._metrics.model_tokens.add(
-                    {"principal": self._metrics.principal_label(principal), "kind": kind}, tokens
-                )
+            key = (principal, kind)
+            self._unscraped[key] = self._unscraped.get(key, 0) + getattr(usage, name)
         totals = self._sessions.get(session_id)
         if totals is not None:
             totals.add(usage)
@@ -131,14 +136,29 @@ class Ledger:
             return
         day = utc_day(self._clock())
         self._days.setdefault(principal, {}).setdefault(day, Usage()).add(usage)
+        self._verdicts.pop(principal, None)
         self._store.add_usage(UsageRecord(session_id, principal, day, usage))
+
+    def flush_metrics(self) -> None:
+        """Just before a scrape: the tokens counted since the last one, into the counter."""
+        for (principal, kind), tokens in self._unscraped.items():
+            if tokens:
+                labels = {"principal": self._metrics.principal_label(principal), "kind": kind}
+                self._metrics.model_tokens.add(labels, tokens)
+        self._unscraped.clear()
 
     # -- budgets and queries ------------------------------------------------------------
 
     def over_budget(self, principal: str) -> OverBudget | None:
         if not self.budgets.configured:
             return None
-        return self.budgets.check(principal, self._days.get(principal, {}), self._clock())
+        now = time.monotonic()
+        cached = self._verdicts.get(principal)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        over = self.budgets.check(principal, self._days.get(principal, {}), self._clock())
+        self._verdicts[principal] = (over, now + VERDICT_S)
+        return over
 
     async def days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
         """GET /usage: the store's rows, with this host's newest counts (not yet
@@ -163,6 +183,7 @@ class Ledger:
             days = self._days[principal]
             for day in [d for d in days if d < first]:
                 del days[day]
+        self._verdicts.clear()
         for row in rows:
             days = self._days.setdefault(row.principal, {})
             local = days.get(row.day)

@@ -8,7 +8,10 @@ decoded, so the many content deltas of a stream cost a substring search each.
 
 `feed` is called with each chunk *before* it is passed on, and says when the final usage
 has just become known: the gateway records it then, so by the time the CLI has read
-the response and reported its turn's `result`, the usage is already counted.
+the response and reported its turn's `result`, the usage is already counted. A chunk
+that ends a line, holds no `"usage"` and follows no partial line cannot matter: the
+gateway skips `feed` for it (`wants`), which keeps a long stream's cost per chunk to
+a substring search.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .model import TOKEN_KINDS, Usage
 
 MAX_JSON_BODY = 8 * 1024 * 1024  # a non-streamed response larger than this is not metered
 MAX_LINE = 1024 * 1024  # a partial SSE line kept between chunks
+USAGE_KEY = b'"usage"'  # raw quotes: inside a JSON string they would be escaped
 
 
 class ResponseMeter:
@@ -30,8 +34,9 @@ class ResponseMeter:
         self.usage: Usage | None = None  # what is known so far (None: nothing yet)
         self.final = False  # the figures cannot change any more
         self._streamed = streamed
-        self._tail = b""  # a stream's partial last line
+        self.tail = b""  # a stream's partial last line
         self._body: list[bytes] | None = None if streamed else []
+        self.collecting = not streamed  # a JSON body: every chunk is kept
         self._body_bytes = 0
 
     def feed(self, chunk: bytes) -> bool:
@@ -41,15 +46,25 @@ class ResponseMeter:
             if self._body_bytes <= MAX_JSON_BODY:
                 self._body.append(chunk)
             return False
-        data = self._tail + chunk if self._tail else chunk
-        cut = data.rfind(b"\n") + 1
-        self._tail = data[cut:] if len(data) - cut <= MAX_LINE else b""
-        if b'"usage"' not in data[:cut] or self.final:
+        if self.tail:  # the partial line the last chunk ended with
+            chunk, self.tail = self.tail + chunk, b""
+        if chunk[-1:] != b"\n":  # most chunks end an event; this one ends mid-line
+            cut = chunk.rfind(b"\n") + 1
+            if len(chunk) - cut <= MAX_LINE:
+                self.tail = chunk[cut:]
+            chunk = chunk[:cut]
+        if chunk.find(USAGE_KEY) < 0:
             return False
-        for line in data[:cut].split(b"\n"):
-            if line.startswith(b"data:") and b'"usage"' in line:
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data:") and USAGE_KEY in line:
                 self._event(line[5:])
         return self.final
+
+    def wants(self, chunk: bytes) -> bool:
+        """Whether `feed` must see this chunk (the gateway inlines the same test)."""
+        return (
+            self.collecting or bool(self.tail) or chunk[-1:] != b"\n" or chunk.find(USAGE_KEY) >= 0
+        )
 
     def finish(self) -> None:
         """The response has ended (or broke off): a JSON body is read now."""
