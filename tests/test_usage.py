@@ -121,7 +121,8 @@ async def test_usage_is_what_the_model_served_per_session_and_per_principal_and_
         [only] = await usage_rows(admin, "?principal=token:bob")
         assert counts(only) == bob_served
         assert await usage_rows(admin, "?since=2020-01-01&until=2020-01-31") == []
-        for bad in ("?since=yesterday", "?since=2026-13-01", "?since=2026-02-01&until=2026-01-01"):
+        assert await usage_rows(admin, "?since=2026-02-01&until=2026-01-01") == []
+        for bad in ("?since=yesterday", "?since=2026-13-01", "?until=12/05/2026"):
             status, body, _ = await admin.request("GET", f"/usage{bad}")
             assert (status, body["error"]["code"]) == (400, "bad_date"), bad
 
