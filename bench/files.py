@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.sandbox import fmt_ms, log, percentile
 from bench.servers import ROOT, Ours, free_port
 
 if TYPE_CHECKING:
@@ -55,22 +56,6 @@ IDLE_S = 2.0  # the probe's idle baseline
 SETTLE_S = 0.2  # between the probe's transfers: each one's gaps apart from the next one's
 UP_PATH = "bench/upload.bin"  # in the session's workspace
 DOWN_PATH = "bench/download.bin"
-
-
-def log(*parts: Any) -> None:
-    print(*parts, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    from bench.run import percentile as p
-
-    return p(values, q)
-
-
-def fmt_ms(x: float | None) -> str:
-    from bench.run import fmt_ms as f
-
-    return f(x)
 
 
 def cpu_s(pid: int) -> float:

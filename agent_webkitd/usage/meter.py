@@ -33,7 +33,6 @@ class ResponseMeter:
         self.model: str | None = None
         self.usage: Usage | None = None  # what is known so far (None: nothing yet)
         self.final = False  # the figures cannot change any more
-        self._streamed = streamed
         self.tail = b""  # a stream's partial last line
         self._body: list[bytes] | None = None if streamed else []
         self.collecting = not streamed  # a JSON body: every chunk is kept
