@@ -37,7 +37,7 @@ from yarl import URL
 
 from ..metrics import Metrics
 from ..usage.ledger import Ledger, utc_now
-from ..usage.meter import USAGE_KEY, ResponseMeter
+from ..usage.meter import NEWLINE, USAGE_KEY, ResponseMeter
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 KEY_PREFIX = "awk-session-"
@@ -264,12 +264,7 @@ class ModelGateway:
                     # meter.wants(chunk), inlined: this runs for every chunk of every stream.
                     if (
                         meter is not None
-                        and (
-                            meter.collecting
-                            or meter.tail
-                            or chunk[-1:] != b"\n"
-                            or chunk.find(USAGE_KEY) >= 0
-                        )
+                        and (meter.eager or chunk[-1] != NEWLINE or USAGE_KEY in chunk)
                         and meter.feed(chunk)
                     ):
                         self._count(metered, meter)  # before the CLI can see the end

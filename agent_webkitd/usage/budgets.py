@@ -70,19 +70,23 @@ class Budgets:
         if budget is None:
             return None
         today = days.get(now.date().isoformat(), Usage())
-        month = Usage()
-        first = month_start(now).isoformat()
-        for day, usage in days.items():
-            if day >= first:
-                month.add(usage)
-        reached: list[OverBudget] = []
-        for limit, spent, window_end in (
-            ("tokens_per_day", today.tokens, day_end(now)),
-            ("tokens_per_month", month.tokens, month_end(now)),
-            ("usd_per_day", today.usd, day_end(now)),
-            ("usd_per_month", month.usd, month_end(now)),
-        ):
-            allowed = getattr(budget, limit)
-            if allowed and spent >= allowed:
-                reached.append(OverBudget(limit, window_end))
-        return max(reached, key=lambda over: over.resets_at, default=None)
+        over: OverBudget | None = None
+        if _reached(budget.tokens_per_day, today.tokens):
+            over = OverBudget("tokens_per_day", day_end(now))
+        elif _reached(budget.usd_per_day, today.usd):
+            over = OverBudget("usd_per_day", day_end(now))
+        if budget.tokens_per_month or budget.usd_per_month:  # a month's end is the later one
+            month = Usage()
+            first = month_start(now).isoformat()
+            for day, usage in days.items():
+                if day >= first:
+                    month.add(usage)
+            if _reached(budget.tokens_per_month, month.tokens):
+                over = OverBudget("tokens_per_month", month_end(now))
+            elif _reached(budget.usd_per_month, month.usd):
+                over = OverBudget("usd_per_month", month_end(now))
+        return over
+
+
+def _reached(allowed: float, spent: float) -> bool:
+    return 0 < allowed <= spent  # 0: no such limit

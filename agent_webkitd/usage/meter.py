@@ -11,7 +11,7 @@ has just become known: the gateway records it then, so by the time the CLI has r
 the response and reported its turn's `result`, the usage is already counted. A chunk
 that ends a line, holds no `"usage"` and follows no partial line cannot matter: the
 gateway skips `feed` for it (`wants`), which keeps a long stream's cost per chunk to
-a substring search.
+a byte compare and a substring search.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .model import TOKEN_KINDS, Usage
 MAX_JSON_BODY = 8 * 1024 * 1024  # a non-streamed response larger than this is not metered
 MAX_LINE = 1024 * 1024  # a partial SSE line kept between chunks
 USAGE_KEY = b'"usage"'  # raw quotes: inside a JSON string they would be escaped
+NEWLINE = ord("\n")
 
 
 class ResponseMeter:
@@ -35,7 +36,9 @@ class ResponseMeter:
         self.final = False  # the figures cannot change any more
         self.tail = b""  # a stream's partial last line
         self._body: list[bytes] | None = None if streamed else []
-        self.collecting = not streamed  # a JSON body: every chunk is kept
+        # `feed` must see the next chunk whatever it holds: a JSON body is kept whole, a
+        # partial line is completed.
+        self.eager = not streamed
         self._body_bytes = 0
 
     def feed(self, chunk: bytes) -> bool:
@@ -52,7 +55,8 @@ class ResponseMeter:
             if len(chunk) - cut <= MAX_LINE:
                 self.tail = chunk[cut:]
             chunk = chunk[:cut]
-        if chunk.find(USAGE_KEY) < 0:
+        self.eager = bool(self.tail)
+        if USAGE_KEY not in chunk:
             return False
         for line in chunk.split(b"\n"):
             if line.startswith(b"data:") and USAGE_KEY in line:
@@ -61,9 +65,7 @@ class ResponseMeter:
 
     def wants(self, chunk: bytes) -> bool:
         """Whether `feed` must see this chunk (the gateway inlines the same test)."""
-        return (
-            self.collecting or bool(self.tail) or chunk[-1:] != b"\n" or chunk.find(USAGE_KEY) >= 0
-        )
+        return self.eager or chunk[-1] != NEWLINE or USAGE_KEY in chunk
 
     def finish(self) -> None:
         """The response has ended (or broke off): a JSON body is read now."""
