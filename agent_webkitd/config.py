@@ -127,6 +127,9 @@ class AgentConfig:
     sandbox: str = "bwrap"
     network: str = "none"  # "none": only the model, through the gateway; "host": the host's
     workspaces_dir: str = "workspaces"  # one folder per session; relative to the config file
+    # Postgres store: every host sees the same workspaces_dir (a shared filesystem), so
+    # workspaces need no checkpoints to follow their session to another host.
+    workspaces_shared: bool = False
     sandbox_ro_paths: tuple[str, ...] = ()  # more read-only paths the agent may see (tools)
     max_upload_bytes: int = 104_857_600  # one file uploaded to a workspace over HTTP
     max_workspace_bytes: int = 1_073_741_824  # what an upload may fill a workspace to; 0 = any

@@ -197,6 +197,26 @@ class Metrics:
             "Refusals of a principal over budget, by where: input (POST /input 429), model_request (a turn cut short).",
             registry=r,
         )
+        self.checkpoint_seconds = Histogram(
+            "agent_webkit_workspace_checkpoint_seconds",
+            "Saving a workspace's changes into the shared store at a turn's end or after an"
+            " upload (scan, read, commit), by kind: checkpoint, restore (a host taking the"
+            " session up writes the workspace back).",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.checkpoint_bytes = Counter(
+            "agent_webkit_workspace_checkpoint_bytes_total",
+            "File bytes written into the shared store by checkpoints (changed files only), or"
+            " read back by restores, by kind.",
+            registry=r,
+        )
+        self.checkpoints_skipped = Counter(
+            "agent_webkit_workspace_checkpoints_skipped_total",
+            "Checkpoints not taken, by reason: too_large (over [agent] max_workspace_bytes),"
+            " lost (another host owns the session), failed (the store refused or was away).",
+            registry=r,
+        )
         self.http_requests = Counter(
             "agent_webkit_http_requests_total",
             "HTTP requests by route, method and status.",

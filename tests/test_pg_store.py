@@ -262,7 +262,7 @@ async def test_migrate_and_prune_commands(pg_dsn: str, start_daemon: Any, tmp_pa
     config.write_text(f'[store]\nbackend = "postgres"\ndsn = "{pg_dsn}"\n')
     # Two at once, as two hosts starting together: each migration is applied once.
     runs = await asyncio.gather(*(agent_webkitd("migrate", "--config", str(config)) for _ in range(2)))
-    assert sorted(json.loads(out)["applied"] for _, out in runs) == [[], [1, 2, 3, 4, 5]]
+    assert sorted(json.loads(out)["applied"] for _, out in runs) == [[], [1, 2, 3, 4, 5, 6]]
     assert json.loads((await agent_webkitd("migrate", "--config", str(config)))[1]) == {"applied": []}
 
     daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path))
@@ -451,3 +451,111 @@ async def test_a_deploy_with_hibernated_sessions_loses_no_conversation(
         ]
         _, listing, _ = await api.request("GET", "/sessions")
         assert [s["session_id"] for s in listing["sessions"]] == [session_id]
+
+
+async def test_during_a_hand_over_no_host_refuses_the_session(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    # A turn is running when the owner is told to stop: it finishes there, then the
+    # session is released. Meanwhile the draining owner keeps serving it, and another
+    # host asked for it waits for the release instead of answering session_elsewhere.
+    long_lease = {"lease_s": 60}  # nothing may ride on a lease running out
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path, store=long_lease))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path, store=long_lease))
+    cwd = first.session_dir({"turns": [{"steps": [{"sleep": 1.0}, {"text": "done here"}]}]})
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(cwd))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "a slow turn")
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        # The draining owner still serves its session while the turn runs.
+        status, described, _ = await api_a.request("GET", f"/sessions/{session_id}")
+        assert status == 200 and described["state"] == "running", (status, described)
+        # The other host waits for the hand-over (the turn ends within a second).
+        status, described, _ = await api_b.request("GET", f"/sessions/{session_id}")
+        assert status == 200, (status, described)
+        seen = await stream.rest(timeout=10)
+        assert "result" in [e.name for e in seen] and "done" not in [e.name for e in seen]
+        # The released owner now says "not here" with a 503 a proxy retries, never 404.
+        status, refused, _ = await api_a.request("GET", f"/sessions/{session_id}")
+        assert status == 503 and refused["error"]["code"] == "draining", (status, refused)
+        async with asyncio.timeout(10):
+            assert await asyncio.to_thread(first.proc.wait) == 0
+        async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
+            owner = await pool.fetchval("SELECT owner FROM awk_sessions WHERE id = $1", session_id)
+        assert owner is not None and owner.split(":")[1] == str(second.port)
+
+
+async def test_a_frozen_host_serves_nothing_it_lost_once_it_wakes(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path))
+    cwd = first.session_dir()
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create(cwd=str(cwd))
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "before the freeze")
+        seen = [await stream.next()] + await read_turn(stream)
+        assert first.orphans(), "the session's CLI runs on the first host"
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            resumed = await stream_from(api_b, session_id, seen[-1].id, timeout=LEASE_S + 10)
+            await api_b.say(session_id, "after the freeze")
+            after = await read_turn(resumed)
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        ids = [e.id for e in seen + after]
+        assert ids == list(range(1, len(ids) + 1))
+        # Awake again, the first host asks the store before serving: not its session now.
+        status, refused, _ = await api_a.request("GET", f"/sessions/{session_id}")
+        assert status == 503 and refused["error"]["code"] == "session_elsewhere", (status, refused)
+        for _ in range(100):  # its CLI for the session is stopped: one CLI, not two
+            if not first.orphans():
+                break
+            await asyncio.sleep(0.1)
+        assert first.orphans() == []
+        _, listing, _ = await api_a.request("GET", "/sessions")
+        assert listing["sessions"] == []
+    # Its shutdown gives back nothing of the new owner's.
+    assert await first.stop() == 0
+    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
+        owner = await pool.fetchval("SELECT owner FROM awk_sessions WHERE id = $1", session_id)
+    assert owner is not None and owner.split(":")[1] == str(second.port)
+
+
+async def test_a_workspace_follows_its_session_to_the_next_host(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    first = await start_daemon(pg_overrides(pg_dsn, tmp_path, store={"lease_s": 60}))
+    second = await start_daemon(pg_overrides(pg_dsn, tmp_path, store={"lease_s": 60}))
+    async with api_for(first) as api_a, api_for(second) as api_b:
+        session_id = await api_a.create()  # its own workspace, first's folder
+        for path, body in (("notes.txt", b"kept"), ("deep/er/data.bin", bytes(range(256)) * 40),
+                           ("gone.txt", b"deleted later")):
+            status, _, _ = await api_a.request("PUT", f"/sessions/{session_id}/files/{path}", raw=body)
+            assert status == 201
+        assert (await api_a.request("DELETE", f"/sessions/{session_id}/files/gone.txt"))[0] == 204
+        # A turn's end checkpoints what the agent changed itself (here: beside the API).
+        (first.workspace(session_id) / "by-agent.txt").write_text("written in the turn")
+        stream = await api_a.open_stream(session_id, 0)
+        await api_a.say(session_id, "hello")
+        await read_turn(stream)
+        first.kill()
+
+        status, listing, _ = await api_b.request("GET", f"/sessions/{session_id}/files?path=")
+        assert status == 200, listing
+        resp = await api_b.http.get(f"{second.base_url}/sessions/{session_id}/files/deep/er/data.bin",
+                                    headers=api_b.headers())
+        assert resp.status == 200 and await resp.read() == bytes(range(256)) * 40
+        # Restored into the second host's own folder, not read from the first's.
+        here = second.workspace(session_id)
+        assert (here / "notes.txt").read_bytes() == b"kept"
+        assert (here / "by-agent.txt").read_text() == "written in the turn"
+        assert not (here / "gone.txt").exists()
+        # (cli-log.jsonl: the scripted CLI's own record, in its cwd, checkpointed like any file)
+        names = sorted(p.name for p in here.iterdir())
+        assert names == ["by-agent.txt", "cli-log.jsonl", "deep", "notes.txt"]

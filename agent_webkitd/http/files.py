@@ -85,7 +85,7 @@ class WorkspaceFiles:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         """The raw body, streamed to a file beside the target and renamed into place:
         201 created, 200 replaced; over a limit 413 and nothing is left behind."""
-        _, root = await self._workspace(request)
+        session, root = await self._workspace(request)
         path = request.match_info["path"]
         declared = request.content_length
         if declared is not None and declared > self._max_upload:
@@ -108,12 +108,21 @@ class WorkspaceFiles:
             await asyncio.shield(asyncio.to_thread(upload.abort))
             raise
         created = await asyncio.to_thread(upload.commit)
+        await _saved(session, root)
         return _json({"path": path, "bytes": upload.written}, 201 if created else 200)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        _, root = await self._workspace(request)
+        session, root = await self._workspace(request)
         await _files(files.delete, root, request.match_info["path"])
+        await _saved(session, root)
         return web.Response(status=204)
+
+
+async def _saved(session: Session, root: str) -> None:
+    """With a shared store: the change follows the session to other hosts before the
+    client hears it is done (agents/workspace_sync.py)."""
+    if session.spec.sync is not None:
+        await asyncio.shield(session.spec.sync.checkpoint(session.id, root))
 
 
 async def _files(call: Callable[..., Any], *args: Any) -> Any:

@@ -232,7 +232,7 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     principal = principal_of(request)
     owner = request.query.get("owner") if principal.admin else None
-    sessions = [s.describe(full=False) for s in supervisor.visible(principal, owner)]
+    sessions = [history.describe(s, full=False) for s in supervisor.visible(principal, owner)]
     counts: dict[str, Any] = {}
     if principal.admin:
         counts = {**supervisor.counts(), "agents_by_principal": supervisor.slots.by_principal()}
@@ -242,7 +242,7 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
 async def get_session(request: web.Request) -> web.StreamResponse:
     session = await find_session(request)
     usage = request.app[SUPERVISOR].ledger.session_usage(session.id)
-    return json_response({**session.describe(full=True), "usage": usage})
+    return json_response({**history.describe(session, full=True), "usage": usage})
 
 
 async def get_messages(request: web.Request) -> web.StreamResponse:

@@ -1,8 +1,8 @@
-"""A conversation's history as messages, read from its transcript with the SDK's own
-transcript reader (never a second journal): the CLI's file in the session's own state
-folder, and with the embedded and
-Postgres stores the store's copy too (the newer of the two), so a live, hibernated or
-restarted session reads the same.
+"""What a client reads of a session: its description (GET /sessions), and its history
+as messages, read from its transcript with the SDK's own transcript reader (never a
+second journal): the CLI's file in the session's own state folder, and with the
+embedded and Postgres stores the store's copy too (the newer of the two), so a live,
+hibernated or restarted session reads the same.
 
 Messages are `{id, role, content}` with `content` a list of Anthropic content blocks:
 user text and images, assistant text, thinking and `tool_use`, and the `tool_result`
@@ -12,6 +12,7 @@ content block of a streamed assistant message; entries of one message are joined
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from claude_agent_sdk import SessionMessage, get_session_messages_from_store
@@ -22,6 +23,26 @@ from .transcripts import file_messages
 
 if TYPE_CHECKING:
     from .session import Session
+
+
+def describe(session: Session, *, full: bool) -> dict[str, Any]:
+    """What GET /sessions shows of this session (`full`: each pending request too)."""
+    pending = list(session.bridge.decisions.pending.values())
+    return {
+        "session_id": session.id,
+        "owner": session.owner,
+        "state": session.state,
+        "created_at": datetime.fromtimestamp(session.created_at, UTC).isoformat(),
+        "idle_for_s": round(session.idle_for(), 1),
+        "subscribers": session.subscribers,
+        "last_seq": session.log.published_seq,  # what a client can have seen
+        "model": session.model,
+        "permission_mode": session.permission_mode,
+        "claude_session_id": session.claude_session_id,
+        "pending_decisions": (
+            [{"kind": d.kind, **d.request} for d in pending] if full else len(pending)
+        ),
+    }
 
 
 async def messages(session: Session) -> dict[str, Any]:
@@ -39,7 +60,7 @@ async def snapshot(session: Session) -> dict[str, Any]:
     """GET /sessions/{id}/snapshot: what a client needs to rebuild its view (after a 412,
     a reload) and then stream from `last_event_id`."""
     last_event_id = session.log.published_seq
-    described = session.describe(full=True)
+    described = describe(session, full=True)
     return {
         "session_id": session.id,
         "protocol_version": PROTOCOL_VERSION,

@@ -27,6 +27,13 @@ from .spending import check_budget
 async def handle_input(
     session: Session, message: wire.Inbound, allowed_modes: tuple[str, ...], subscriber: str | None
 ) -> None:
+    if session.moving:  # nothing done: a proxy may send it to the host that takes it up
+        raise ApiError(
+            503,
+            "session_elsewhere",
+            f"session {session.id!r} is moving to another host; retry",
+            {"Retry-After": "1"},
+        )
     if session.closed:
         raise ApiError(404, "not_found", f"session {session.id!r} is closed")
     session.use()

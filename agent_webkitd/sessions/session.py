@@ -23,11 +23,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from claude_agent_sdk import PermissionResult, ToolPermissionContext
+from claude_agent_sdk import PermissionResult, ResultMessage, ToolPermissionContext
 
 from ..agents.agent import Agent, AgentExit, AgentStartFailed, RestartIntensity
 from ..agents.slots import AgentSlots
@@ -212,8 +211,9 @@ class Session:
         if self._release:  # it sleeps in the store until the next start or another host
             last_active = time.time() - (0 if self.subscribers else self.idle_seconds())
             self._set_state("hibernated")
-            await self.store.release(self.id, last_active)
-            self.log.close()  # streams end once that is committed and sent, without `done`
+            # Owner-checked: a session another host has claimed is left as it is there.
+            await self.store.release(self.id, last_active)  # returns once committed
+            self.log.close()  # streams end once that is sent, without `done`
             ended = "session_released"
         else:
             self.emit("session_state", {"state": "closed"})
@@ -461,28 +461,14 @@ class Session:
             return 0.0
         return self.idle_seconds()
 
-    def describe(self, *, full: bool) -> dict[str, Any]:
-        """What GET /sessions shows of this session (`full`: each pending request too)."""
-        pending = list(self.bridge.decisions.pending.values())
-        return {
-            "session_id": self.id,
-            "owner": self.owner,
-            "state": self.state,
-            "created_at": datetime.fromtimestamp(self.created_at, UTC).isoformat(),
-            "idle_for_s": round(self.idle_for(), 1),
-            "subscribers": self.subscribers,
-            "last_seq": self.log.published_seq,  # what a client can have seen
-            "model": self.model,
-            "permission_mode": self.permission_mode,
-            "claude_session_id": self.claude_session_id,
-            "pending_decisions": (
-                [{"kind": d.kind, **d.request} for d in pending] if full else len(pending)
-            ),
-        }
-
     @property
     def closed(self) -> bool:
         return self._closing or self.log.closed
+
+    @property
+    def moving(self) -> bool:
+        """Closing to be taken up by another host (or this one's next start), not ended."""
+        return self._closing and self._release
 
     # -- turns ------------------------------------------------------------------------
 
@@ -497,6 +483,8 @@ class Session:
         self.turns.heard()
         if self.store.full:  # a database that lags pauses the CLI
             await self.store.room()
+        if isinstance(message, ResultMessage) and self.spec.sync and self.spec.cwd:
+            await self.spec.sync.checkpoint(self.id, self.spec.cwd)  # before the result shows
         if self.bridge.handle(message):
             self.turns.ended()
         claude_session_id = self.bridge.claude_session_id
@@ -561,6 +549,7 @@ class Session:
             "model": self.model,
             "permission_mode": self.permission_mode,
             "cwd": self.spec.cwd,
+            "workspace": self.spec.workspaces.owns(self.spec.cwd),  # this host's folder for it
             "state_dir": self.spec.state_dir,
             "source_state_dir": self.spec.source_state_dir,
             "source_cwd": self.spec.source_cwd,

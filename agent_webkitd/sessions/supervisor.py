@@ -20,21 +20,21 @@ from ..agents.sandbox import Confinement
 from ..agents.slots import AgentSlots
 from ..agents.toolsets import Toolset
 from ..agents.warmpool import WarmPool
+from ..agents.workspace_sync import WorkspaceSync
 from ..agents.workspaces import Workspaces
-from ..artefacts.model import cli_line_bytes
 from ..config import Config
 from ..errors import ApiError, bad_request, not_found, unavailable
 from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
-from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store
+from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store, WorkspaceStore
 from ..usage.budgets import OverBudget
 from ..usage.ledger import Ledger
 from .cwds import resolve_cwd
 from .resumes import Source, take_conversation
 from .session import Session, WakeFailed
 from .shares import SessionShares
-from .spec import SessionSpec
+from .spec import Specs
 from .spending import turn_refused
 
 log = structlog.get_logger(__name__)
@@ -63,6 +63,10 @@ class Supervisor:
         self.confinement = confinement
         self.workspaces = workspaces
         self.toolsets = toolsets
+        sync = None
+        if isinstance(store, WorkspaceStore) and not config.agent.workspaces_shared:
+            sync = WorkspaceSync(store, config.agent.max_workspace_bytes, metrics)
+        self.specs = Specs(config, workspaces, confinement, ledger, toolsets, sync)
         self.store = store
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
@@ -78,9 +82,12 @@ class Supervisor:
         self.shares = SessionShares(config.sessions.max_sessions_per_principal, metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        # Sessions being handed over, until the store says they are free (find waits).
+        self._leaving: dict[str, asyncio.Task[None]] = {}
         # Claims in flight, by id and the owner they are limited to (None: an admin's).
         self._claims: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
         store.on_session_lost = self._lost
+        store.held_sessions = self.sessions.keys
         self.warm = WarmPool(
             config.agent.warm_agents,
             self.slots,
@@ -111,8 +118,10 @@ class Supervisor:
         ]
 
     async def drain(self) -> None:
-        """Refuse new sessions from now on; the warm CLIs, of no more use, stop."""
+        """Refuse new sessions from now on; the warm CLIs, of no more use, stop. A shared
+        store is told, so other hosts wait for this one's sessions rather than refuse."""
         self.draining = True
+        await self.store.drain()
         await self.warm.stop()
 
     async def stop(self) -> None:
@@ -196,45 +205,6 @@ class Supervisor:
                 5,
             )
 
-    def _spec(
-        self,
-        session_id: str,
-        owner: str,
-        model: str | None,
-        mode: str,
-        cwd: str | None,
-        partial: bool | None,
-        source: Source | None = None,
-        fork: bool = False,
-        state_dir: str | None = None,
-    ) -> SessionSpec:
-        """A session's spec; with no `cwd` it works in its own workspace."""
-        agent = self.config.agent
-        return SessionSpec(
-            agent=agent,
-            owner=owner,
-            resume=source.claude_session_id if source else None,
-            fork=fork,
-            source_state_dir=source.state_dir if source else None,
-            source_cwd=source.cwd if source else None,
-            state_dir=state_dir or self.workspaces.state_dir(session_id),
-            workspaces=self.workspaces,
-            confinement=self.confinement,
-            ledger=self.ledger,
-            include_partial_messages=agent.include_partial_messages if partial is None else partial,
-            model=model or agent.model or None,
-            permission_mode=mode,
-            cwd=cwd or self.workspaces.workspace(session_id),
-            ring_size=self.config.sessions.ring_size,
-            inbound_queue_size=self.config.sessions.inbound_queue_size,
-            permission_timeout_s=self.config.sessions.permission_timeout_s,
-            max_message_bytes=self.config.sessions.max_message_bytes,
-            max_image_bytes=self.config.sessions.max_image_bytes,
-            toolsets=self.toolsets,
-            artefact_limits=self.config.artefacts,
-            max_line_bytes=cli_line_bytes(self.config.artefacts) if agent.artefacts else None,
-        )
-
     async def create(self, request: wire.CreateSession, owner: Principal) -> Session:
         agent = self.config.agent
         mode = request.permission_mode or agent.permission_mode
@@ -290,15 +260,17 @@ class Supervisor:
             warm_agent = self.warm.peek()
         session_id = warm_agent.reserved_for if warm_agent else None
         session_id = session_id or str(uuid.uuid4())
-        spec = self._spec(
+        spec = self.specs.new(
             session_id,
             owner.name,
             request.model,
             mode,
             cwd,
             request.include_partial_messages,
-            source,
-            request.fork,
+            resume=source.claude_session_id if source else None,
+            source_cwd=source.cwd if source else None,
+            source_state_dir=source.state_dir if source else None,
+            fork=request.fork,
         )
         session = Session(
             spec, self.store, self.metrics, self.slots, self._forget, session_id=session_id
@@ -337,7 +309,7 @@ class Supervisor:
         """A CLI with the operator's defaults, already in its future session's workspace."""
         session_id = str(uuid.uuid4())
         agent = self.config.agent
-        spec = self._spec(
+        spec = self.specs.new(
             session_id, DEFAULT_ADMIN.name, None, agent.permission_mode, agent.cwd or None, None
         )
         self.workspaces.make(spec.cwd, spec.state_dir)
@@ -426,11 +398,15 @@ class Supervisor:
         claimed from a host that is gone (durable store). 404 if there is none or it is
         not theirs (the same answer, decided before anything that could tell it exists);
         503 while another live host holds it."""
+        if self.store.lease_lapsed():  # this host was frozen: it may have lost sessions
+            await self.store.confirm_lease()
         session = self.sessions.get(session_id)
         if session is not None:
             if not may_see(principal, session.owner):
                 raise not_found(session_id)
             return session
+        if (leaving := self._leaving.get(session_id)) is not None:
+            await asyncio.wait({leaving})  # released: from now on another host's to claim
         if not self.store.shared:
             raise not_found(session_id)
         key = (session_id, None if principal.admin else principal.name)
@@ -462,6 +438,8 @@ class Supervisor:
             if claimed is None:
                 raise not_found(session_id)
             session = self._session(claimed)
+            if session.spec.sync is not None and session.spec.cwd:  # before any CLI runs there
+                await session.spec.sync.restore(session.id, session.spec.cwd)
             await self._start(session)
         finally:
             self._starting -= 1
@@ -470,29 +448,8 @@ class Supervisor:
 
     def _session(self, claimed: ClaimedSession) -> Session:
         """A session taken up from the store, with its settings as last set."""
-        spec = claimed.spec
-        resume = spec.get("resume")
-        source = None
-        if resume:
-            source = Source(resume, spec.get("source_cwd"), spec.get("source_state_dir"), None)
-        return Session(
-            self._spec(
-                claimed.session_id,
-                spec.get("owner") or DEFAULT_ADMIN.name,  # sessions from before owners: the admin's
-                spec.get("model"),
-                spec.get("permission_mode") or "default",
-                spec.get("cwd"),
-                spec.get("include_partial_messages"),
-                source,
-                spec.get("fork") is True,
-                spec.get("state_dir"),
-            ),
-            self.store,
-            self.metrics,
-            self.slots,
-            self._forget,
-            claimed,
-        )
+        spec = self.specs.stored(claimed.session_id, claimed.spec)
+        return Session(spec, self.store, self.metrics, self.slots, self._forget, claimed)
 
     def _lost(self, session_id: str) -> None:
         """Another host claimed a session of ours (our lease ran out): stop it here
@@ -509,6 +466,9 @@ class Supervisor:
         task = asyncio.create_task(self.close(session, reason, release=release))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        if release:
+            self._leaving[session.id] = task
+            task.add_done_callback(lambda _: self._leaving.pop(session.id, None))
 
     async def close(self, session: Session, reason: str, *, release: bool = False) -> None:
         self._unregister(session)  # the id answers 404 while the CLI shuts down
@@ -518,6 +478,8 @@ class Supervisor:
         """Called by every session as it ends, whatever ended it."""
         self._unregister(session)
         self.ledger.forget(session.id)
+        if session.spec.sync is not None:
+            session.spec.sync.forget(session.id)
         self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
 
     def _turn_refused(self, session_id: str, over: OverBudget) -> None:

@@ -15,9 +15,9 @@ until the session closes, the durable ones in the same commit as the event annou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..artefacts.model import Artefact
 from ..artefacts.versions import ArtefactStore
@@ -41,6 +41,32 @@ class ClaimedSession:
     idle_s: float = 0.0  # how long since its last sign of life
     artefacts: list[Artefact] = field(default_factory=list)  # its artefacts' index, oldest first
     usage: Usage | None = None  # what its model requests have consumed so far
+
+
+class FileRow(NamedTuple):
+    """One file, directory or link of a workspace checkpoint (shared stores)."""
+
+    path: str  # relative, '/'-separated
+    kind: str  # file | dir | link
+    mode: int  # permission bits
+    size: int
+    mtime_ns: int
+    target: str | None  # a link's target
+    content: bytes | None  # a file's bytes
+
+
+@runtime_checkable
+class WorkspaceStore(Protocol):
+    """Where workspaces that follow their session are kept (the Postgres store)."""
+
+    async def save_workspace(
+        self, session_id: str, changed: list[FileRow], removed: list[str]
+    ) -> bool:
+        """Apply one checkpoint's changes, if this host still owns the session (False:
+        nothing stored)."""
+        ...
+
+    async def workspace_files(self, session_id: str) -> list[FileRow]: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,21 @@ def conversation_of(
     )
 
 
+class NotShared:
+    """Ownership in a store of this host's alone: every session in it is this host's."""
+
+    shared = False
+
+    def lease_lapsed(self) -> bool:
+        return False
+
+    async def confirm_lease(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
 class SessionOwnedElsewhere(Exception):
     def __init__(self, owner: str, advertise_url: str) -> None:
         super().__init__(owner)
@@ -88,8 +129,25 @@ class Store(ArtefactStore, Protocol):
     durable: bool  # events outlive the process: replay from the store, release at shutdown
     shared: bool  # other hosts use the same store and may claim a session
     healthy: bool  # False while events wait for the store (database down, disk full)
-    # Set by the Supervisor: called with a session id when another host has taken it.
+    # Set by the Supervisor: called with a session id when another host has taken it...
     on_session_lost: Callable[[str], None]
+    # ...and the ids of the sessions this host holds (checked after a lapsed lease).
+    held_sessions: Callable[[], Iterable[str]]
+
+    def lease_lapsed(self) -> bool:
+        """Shared store: this host's lease may have run out (the process was frozen, or
+        the database away, for longer than the lease): sessions may have been claimed."""
+        ...
+
+    async def confirm_lease(self) -> None:
+        """Renew the lease now and stop (on_session_lost) every held session another
+        host has claimed meanwhile (with the database away: nothing is decided)."""
+        ...
+
+    async def drain(self) -> None:
+        """This host is shutting down: other hosts asked for its sessions wait for their
+        hand-over instead of refusing."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -9,30 +9,30 @@ contents live here until their session closes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from claude_agent_sdk.types import SessionStore
 
 from ..artefacts.model import StoredVersion
 from ..usage.model import DayUsage, Usage, UsageRecord
-from .base import ClaimedSession, Conversation, Publisher, conversation_of
+from .base import ClaimedSession, Conversation, NotShared, Publisher, conversation_of
 
 # Closed sessions whose conversations stay resumable by their owners (~300 bytes each);
 # past this the oldest are forgotten, as `prune` would.
 MAX_CLOSED_KEPT = 100_000
 
 
-class MemoryStore:
+class MemoryStore(NotShared):
     """Nothing survives the process; the ring is all the history there is."""
 
     durable = False
-    shared = False
     healthy = True
     full = False
 
     def __init__(self) -> None:
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        self.held_sessions: Callable[[], Iterable[str]] = tuple
         # Artefact contents by session, then by (artefact id, version); gone with the session.
         self._artefacts: dict[str, dict[tuple[str, int], str]] = {}
         # Who may resume which conversation, kept past a session's close.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
 STOP_FLUSH_S = 5.0
+RELEASE_WAIT_S = 5.0  # a release waits this long for its commit
 
 # One event to store: the log that publishes it, its seq, name and JSON text.
 Event = tuple[Publisher, int, str, str]
@@ -92,6 +93,7 @@ class Batch:
     transcripts: list[TranscriptWrite] = field(default_factory=list)
     artefacts: list[ArtefactWrite] = field(default_factory=list)
     usage: list[UsageRecord] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # told once committed
 
     def __bool__(self) -> bool:
         return bool(
@@ -115,6 +117,7 @@ class Batch:
         later.transcripts[:0] = self.transcripts
         later.artefacts[:0] = self.artefacts
         later.usage[:0] = self.usage
+        later.waiters[:0] = self.waiters
 
     def by_session(self) -> dict[str, Batch]:
         """This batch split into one batch per session, each in order."""
@@ -139,7 +142,11 @@ class Batch:
 
     def written(self) -> list[asyncio.Future[None]]:
         """What waits for this batch's commit."""
-        return [done for _, _, done in self.transcripts] + [a.done for a in self.artefacts]
+        return [
+            *(done for _, _, done in self.transcripts),
+            *(a.done for a in self.artefacts),
+            *self.waiters,
+        ]
 
 
 class GroupCommitWriter(ABC):
@@ -154,6 +161,7 @@ class GroupCommitWriter(ABC):
         self.config = config
         # Called with a session id when another host has taken it (shared stores).
         self.on_session_lost: Callable[[str], None] = lambda session_id: None
+        self.held_sessions: Callable[[], Iterable[str]] = tuple
         self.healthy = True
         self._pending = Batch()
         self._work = asyncio.Event()
@@ -214,9 +222,18 @@ class GroupCommitWriter(ABC):
         self._wake_writer()
 
     async def release(self, session_id: str, last_active: float) -> None:
-        """Shutdown: the session stays open for the next start or another host."""
+        """Shutdown or hand-over: the session stays open for the next start or another
+        host. Returns once that is committed (or after RELEASE_WAIT_S with the database
+        away: then the lease decides), so a host that answers "not here" after a release
+        is never ahead of the store."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.releases[session_id] = last_active
+        self._pending.waiters.append(done)
         self._wake_writer()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), RELEASE_WAIT_S)
+        except TimeoutError:
+            log.warning("session_release_uncommitted", session_id=session_id)
 
     def add_usage(self, record: UsageRecord) -> None:
         """Committed with the next batch (money spent is never dropped: a failed batch

@@ -101,12 +101,31 @@ CREATE TABLE awk_usage_days (
 CREATE INDEX awk_usage_days_day ON awk_usage_days (day);
 """
 
+# Several hosts (DESIGN §14): a host shutting down says so, and each session's workspace
+# follows it from host to host: one row per file, directory or link, as of the last
+# checkpoint (a turn's end, an upload), gone with the session.
+HANDOVER = """
+ALTER TABLE awk_nodes ADD COLUMN draining boolean NOT NULL DEFAULT false;
+CREATE TABLE awk_workspace_files (
+    session_id text NOT NULL REFERENCES awk_sessions (id) ON DELETE CASCADE,
+    path text NOT NULL,                   -- relative, '/'-separated
+    kind text NOT NULL CHECK (kind IN ('file', 'dir', 'link')),
+    mode int NOT NULL,                    -- permission bits
+    size bigint NOT NULL,
+    mtime_ns bigint NOT NULL,
+    target text,                          -- a link's target, never followed
+    content bytea,                        -- a file's bytes
+    PRIMARY KEY (session_id, path)
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, events, nodes", SESSIONS_AND_EVENTS),
     (2, "SDK session transcripts", TRANSCRIPT_SCHEMA),
     (3, "artefacts", ARTEFACTS),
     (4, "conversations by Claude session id", CONVERSATIONS),
     (5, "usage", USAGE),
+    (6, "draining hosts, workspace checkpoints", HANDOVER),
 ]
 
 

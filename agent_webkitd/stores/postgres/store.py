@@ -18,6 +18,13 @@ for a session whose owner's port refuses connections (a crashed process) does no
 for the lease: that is proof enough, and the commit-time owner check keeps even a wrong
 guess safe.
 
+Hand-over (DESIGN §14): a host shutting down marks its node `draining` and releases its
+sessions one by one as they settle (owner NULL, committed before it answers "not here").
+A host asked for a session of a draining owner waits a moment for that release instead
+of refusing, so a proxy's retry finds a host that serves the session. A host whose lease
+lapsed (frozen, or cut off from the database, for longer than the lease) checks which of
+its sessions are still its own before serving any, and stops the others.
+
 While the database is unreachable, events wait in memory (up to max_pending_events,
 then the CLIs are paused by backpressure) and are retried; nothing is published and
 nothing is dropped. /readyz fails, new sessions get 503.
@@ -29,6 +36,7 @@ import asyncio
 import datetime
 import json
 import socket
+import time
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -40,8 +48,15 @@ from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig, is_loopback
 from ...protocol.frames import stored_frame
 from ...usage.model import DayUsage, Usage
-from ..base import ClaimedSession, Conversation, SessionOwnedElsewhere, conversation_of
+from ..base import (
+    ClaimedSession,
+    Conversation,
+    FileRow,
+    SessionOwnedElsewhere,
+    conversation_of,
+)
 from ..writer import Batch, GroupCommitWriter
+from . import workspaces
 from .commit import TRANSIENT, USAGE_COLUMNS, commit, commit_each_session
 from .migrations import migrate
 from .transcripts import PostgresSessionStore
@@ -51,6 +66,8 @@ log = structlog.get_logger(__name__)
 STOP_FLUSH_S = 5.0
 CHECK_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 1.0
+HANDOVER_WAIT_S = 2.0  # how long a claimant waits for a draining owner's release
+HANDOVER_POLL_S = 0.05
 
 
 def _visible_to(param: str) -> str:
@@ -83,6 +100,8 @@ class PostgresStore(GroupCommitWriter):
         self.url = config.advertise_url or f"http://{host}:{port}"
         self._pool: Any = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._lease_until = 0.0  # monotonic: until then the lease surely holds
+        self._renewing: asyncio.Future[None] | None = None
 
     # -- life ---------------------------------------------------------------------------
 
@@ -98,13 +117,7 @@ class PostgresStore(GroupCommitWriter):
             applied = await migrate(conn)
             if applied:
                 log.info("schema_migrated", versions=applied)
-            await conn.execute(
-                "INSERT INTO awk_nodes (id, url, lease_until)"
-                " VALUES ($1, $2, now() + make_interval(secs => $3))",
-                self.node_id,
-                self.url,
-                self.config.lease_s,
-            )
+        await self._renew()
         log.info("store_started", backend="postgres", node_id=self.node_id)
         self.start_writer("pg-writer")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="pg-heartbeat")
@@ -193,6 +206,16 @@ class PostgresStore(GroupCommitWriter):
     async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them
 
+    async def save_workspace(
+        self, session_id: str, changed: list[FileRow], removed: list[str]
+    ) -> bool:
+        return await workspaces.save_workspace(
+            self._pool, self.node_id, session_id, changed, removed
+        )
+
+    async def workspace_files(self, session_id: str) -> list[FileRow]:
+        return await workspaces.workspace_files(self._pool, session_id)
+
     async def artefact_content(self, session_id: str, artefact_id: str, version: int) -> str | None:
         content: str | None = await self._pool.fetchval(
             "SELECT content FROM awk_artefact_versions"
@@ -245,14 +268,7 @@ class PostgresStore(GroupCommitWriter):
             await asyncio.sleep(period)
             try:
                 async with asyncio.timeout(period):
-                    await self._pool.execute(
-                        "INSERT INTO awk_nodes (id, url, lease_until)"
-                        " VALUES ($1, $2, now() + make_interval(secs => $3))"
-                        " ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
-                        self.node_id,
-                        self.url,
-                        self.config.lease_s,
-                    )
+                    await self._renew_once()
             except (asyncpg.PostgresError, *TRANSIENT) as exc:
                 if not failing:  # once per outage, not once per beat
                     log.warning("store_heartbeat_failed", error=str(exc))
@@ -262,22 +278,72 @@ class PostgresStore(GroupCommitWriter):
                     log.info("store_heartbeat_recovered")
                 failing = False
 
+    def lease_lapsed(self) -> bool:
+        return time.monotonic() > self._lease_until
+
+    async def confirm_lease(self) -> None:
+        # With the database away nothing can be decided: serve on (every write stays
+        # fenced by the commit's owner check) and let the heartbeat try again.
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self._renew_once()
+        except (asyncpg.PostgresError, *TRANSIENT) as exc:
+            log.warning("store_lease_unconfirmed", error=str(exc))
+
+    async def _renew_once(self) -> None:
+        """One renewal at a time: requests and the heartbeat meanwhile share it."""
+        if self._renewing is None:
+            self._renewing = asyncio.ensure_future(self._renew())
+            self._renewing.add_done_callback(self._renewed)
+        await asyncio.shield(self._renewing)
+
+    def _renewed(self, renewal: asyncio.Future[None]) -> None:
+        self._renewing = None
+        if not renewal.cancelled():
+            renewal.exception()  # retrieved: whoever waited has been told
+
+    async def _renew(self) -> None:
+        """Extend the lease; after a lapse, stop every held session claimed meanwhile."""
+        began = time.monotonic()
+        lapsed = began > self._lease_until
+        await self._pool.execute(
+            "INSERT INTO awk_nodes (id, url, lease_until)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))"
+            " ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            self.node_id,
+            self.url,
+            self.config.lease_s,
+        )
+        if lapsed and (held := list(self.held_sessions())):
+            still = await self._pool.fetch(
+                "SELECT id FROM awk_sessions WHERE id = ANY($1::text[]) AND owner = $2"
+                " AND state = 'open'",
+                held,
+                self.node_id,
+            )
+            kept = {r["id"] for r in still}
+            for session_id in held:
+                if session_id not in kept:
+                    log.warning("session_lost_while_away", session_id=session_id)
+                    self.on_session_lost(session_id)
+        self._lease_until = began + self.config.lease_s
+
+    async def drain(self) -> None:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self._pool.execute(
+                    "UPDATE awk_nodes SET draining = true WHERE id = $1", self.node_id
+                )
+        except (asyncpg.PostgresError, *TRANSIENT) as exc:  # then claimants wait out the lease
+            log.warning("store_drain_mark_failed", error=str(exc))
+
     async def claim(
         self, session_id: str, ring_size: int, principal: str | None
     ) -> ClaimedSession | None:
-        # Either the owner's lease has expired, or it was released (owner NULL).
-        row = await self._pool.fetchrow(
-            _CLAIM.format(
-                "s.owner IS NULL OR NOT EXISTS (SELECT 1 FROM awk_nodes n"
-                " WHERE n.id = s.owner AND n.lease_until > now())"
-            ),
-            session_id,
-            self.node_id,
-            principal,
-        )
-        if row is None:
+        deadline = time.monotonic() + HANDOVER_WAIT_S
+        while (row := await self._try_claim(session_id, principal)) is None:
             holder = await self._pool.fetchrow(
-                "SELECT s.state, s.owner, n.url FROM awk_sessions s"
+                "SELECT s.state, s.owner, n.url, n.draining FROM awk_sessions s"
                 f" LEFT JOIN awk_nodes n ON n.id = s.owner WHERE s.id = $1 AND {_visible_to('$2')}",
                 session_id,
                 principal,
@@ -286,8 +352,13 @@ class PostgresStore(GroupCommitWriter):
                 return None
             if holder["owner"] is not None and await owner_is_gone(holder["owner"], holder["url"]):
                 row = await self._claim_from_dead(session_id, holder["owner"], principal)
-            if row is None:
+                if row is not None:
+                    break
+            # A draining owner hands its settled sessions over within moments: wait for
+            # that rather than refuse (a turn still running there keeps it longer).
+            if not holder["draining"] or time.monotonic() >= deadline:
                 raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
+            await asyncio.sleep(HANDOVER_POLL_S)
         last_seq = row["last_seq"]
         events = await self._events(session_id, last_seq - ring_size, last_seq, ring_size)
         return ClaimedSession(
@@ -299,6 +370,18 @@ class PostgresStore(GroupCommitWriter):
             created_at=row["created_at"],
             artefacts=await self._artefact_index(session_id),
             usage=await self._session_usage(session_id),
+        )
+
+    async def _try_claim(self, session_id: str, principal: str | None) -> Any:
+        """Released (owner NULL), or its owner's lease has run out."""
+        return await self._pool.fetchrow(
+            _CLAIM.format(
+                "s.owner IS NULL OR NOT EXISTS (SELECT 1 FROM awk_nodes n"
+                " WHERE n.id = s.owner AND n.lease_until > now())"
+            ),
+            session_id,
+            self.node_id,
+            principal,
         )
 
     async def _session_usage(self, session_id: str) -> Usage | None:

@@ -31,7 +31,7 @@ from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig
 from ...protocol.frames import stored_frame
 from ...usage.model import DayUsage, Usage, fold
-from ..base import ClaimedSession, Conversation, conversation_of
+from ..base import ClaimedSession, Conversation, NotShared, conversation_of
 from ..transcript_keys import fold_summary, subpath_of, uuid_of
 from ..writer import ArtefactWrite, Batch, GroupCommitWriter
 from .db import Database, connect, migrate, transaction
@@ -43,8 +43,7 @@ CHECK_TIMEOUT_S = 2.0
 SETTLED_STATES = ("idle", "hibernated", "closed")
 
 
-class SqliteStore(GroupCommitWriter):
-    shared = False
+class SqliteStore(NotShared, GroupCommitWriter):
     retry_on: ClassVar[tuple[type[BaseException], ...]] = (
         sqlite3.Error,
     )  # full, read-only, failing
