@@ -47,6 +47,13 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   gateway  ours only: the model gateway's CPU per proxied streamed response with usage accounting
            (meter, ledger, budget check, prices) against without, rounds interleaved; target
            <= 1.05x (bench/gateway.py)
+  cluster  ours only: three daemons on one PostgreSQL behind a real nginx with
+           conf/nginx-cluster.conf, 300 sessions (quick 60) each with a stream and a message every
+           ~10 s (quick 5), then a rolling restart of the three hosts: how long it took, the
+           client-visible 5xx count (target 0), how every turn ended, stream gaps (bench/cluster.py)
+  checkpoint  ours only, Postgres: what a workspace that follows its session adds to a turn's
+           end: a 10 MiB workspace with one file changed, p50 (target <= 50 ms); the first
+           checkpoint and a restore (bench/checkpoint.py)
 
 Raw results: bench/results/<timestamp>.json.
 """
@@ -76,14 +83,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import costs, embedded, files, gateway, hibernation, pgdb, principals, sandbox  # noqa: E402
+from bench import (  # noqa: E402
+    checkpoint,
+    cluster,
+    costs,
+    embedded,
+    files,
+    gateway,
+    hibernation,
+    pgdb,
+    principals,
+    sandbox,
+)
 from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
 PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
-          "cost", "sandbox", "files", "gateway")
+          "cost", "sandbox", "files", "gateway", "checkpoint", "cluster")
 OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost", "sandbox", "files",
-             "gateway")  # need no peer installed
+             "gateway", "checkpoint", "cluster")  # need no peer installed
 LARGE = ("scale", "hibernate")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
@@ -580,6 +598,12 @@ class Bench:
     async def phase_gateway(self) -> dict[str, Any]:
         return await gateway.phase_gateway(self)
 
+    async def phase_cluster(self) -> dict[str, Any]:
+        return await cluster.phase_cluster(self)
+
+    async def phase_checkpoint(self) -> dict[str, Any]:
+        return await checkpoint.phase_checkpoint(self)
+
     async def phase_scale(self) -> dict[str, Any]:
         a = self.args
         n = a.scale_sessions
@@ -912,6 +936,8 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     rows += sandbox.rows(results)
     rows += files.rows(results)
     rows += gateway.rows(results)
+    rows += cluster.rows(results)
+    rows += checkpoint.rows(results)
     sc = results.get("scale")
     if sc:
         n = sc["sessions"]
@@ -1060,6 +1086,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the cost phase also profiles one turn at the top session count with py-spy")
     p.add_argument("--sandbox-samples", type=int,
                    help="sandbox phase: cold creates, wakes and warm creates per mode (default 20, quick 6)")
+    p.add_argument("--cluster-sessions", type=int, help="sessions in the cluster phase (default 300, quick 60)")
+    p.add_argument("--cluster-period", type=float, help="cluster phase: seconds between one user's messages (default 10, quick 5)")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
@@ -1100,6 +1128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cost_min_events = args.cost_min_events or (2000 if q else 10_000)
     args.cost_timeout = 120.0
     args.sandbox_samples = args.sandbox_samples or (6 if q else 20)
+    args.cluster_sessions = args.cluster_sessions or (60 if q else 300)
+    args.cluster_period = args.cluster_period or (5.0 if q else 10.0)
     phases = [x.strip() for x in args.only.split(",") if x.strip()] or list(PHASES)
     bad = [x for x in phases if x not in PHASES]
     if bad:

@@ -50,17 +50,21 @@ class ResponseMeter:
             return False
         if self.tail:  # the partial line the last chunk ended with
             chunk, self.tail = self.tail + chunk, b""
+        end = len(chunk)
         if chunk[-1:] != b"\n":  # most chunks end an event; this one ends mid-line
-            cut = chunk.rfind(b"\n") + 1
-            if len(chunk) - cut <= MAX_LINE:
-                self.tail = chunk[cut:]
-            chunk = chunk[:cut]
+            end = chunk.rfind(b"\n") + 1
+            if len(chunk) - end <= MAX_LINE:
+                self.tail = chunk[end:]
         self.eager = bool(self.tail)
-        if USAGE_KEY not in chunk:
-            return False
-        for line in chunk.split(b"\n"):
-            if line.startswith(b"data:") and USAGE_KEY in line:
-                self._event(line[5:])
+        # Only the lines that mention "usage" are decoded: a chunk holding a whole
+        # response (a proxy or a busy loop coalesces them) costs a search, not a split.
+        at = chunk.find(USAGE_KEY, 0, end)
+        while at >= 0:
+            start = chunk.rfind(b"\n", 0, at) + 1
+            stop = chunk.find(b"\n", at, end)
+            if chunk.startswith(b"data:", start):
+                self._event(chunk[start + 5 : stop])
+            at = chunk.find(USAGE_KEY, stop, end)
         return self.final
 
     def wants(self, chunk: bytes) -> bool:
