@@ -741,7 +741,9 @@ SESSION_ID = {
     "required": True,
     "schema": {"type": "string"},
 }
-DURABLE_ERRORS = ["session_elsewhere", "store_unavailable"]
+# A shared store: another host owns the session, the store is away, or this host is
+# draining and has handed the session over (a proxy retries each on another host).
+DURABLE_ERRORS = ["session_elsewhere", "store_unavailable", "draining"]
 FILE_PATH = {
     "name": "path",
     "in": "path",
