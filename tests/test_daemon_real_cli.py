@@ -29,7 +29,7 @@ __all__ = ["fake_model_url"]  # imported for pytest: it is a fixture
 
 # A test takes a few seconds; the bound only turns a hang into a failure.
 TEST_TIMEOUT_S = 30
-EVENT_TIMEOUT_S = 15
+EVENT_TIMEOUT_S = 30
 
 
 async def start_real_daemon(
