@@ -55,6 +55,9 @@ class SessionSpec:
     source_cwd: str | None = None
     # Its own workspace follows it to other hosts (agents/workspace_sync.py), or None.
     sync: WorkspaceSync | None = None
+    # Taken up from a host that kept its workspace elsewhere: the cwd its transcript is
+    # filed under in the store until it is filed under this host's (sessions/transcripts.py).
+    moved_from_cwd: str | None = None
 
     def cli_options(
         self,
@@ -111,6 +114,7 @@ class Specs:
         source_state_dir: str | None = None,
         fork: bool = False,
         state_dir: str | None = None,
+        moved_from_cwd: str | None = None,
     ) -> SessionSpec:
         """With no `cwd` the session works in its own workspace."""
         agent, sessions = self.config.agent, self.config.sessions
@@ -139,12 +143,14 @@ class Specs:
             artefact_limits=self.config.artefacts,
             max_line_bytes=cli_line_bytes(self.config.artefacts) if agent.artefacts else None,
             sync=self.sync if self.workspaces.owns(cwd) else None,
+            moved_from_cwd=moved_from_cwd,
         )
 
     def stored(self, session_id: str, spec: dict[str, Any]) -> SessionSpec:
         """A session taken up from the store, with its settings as last set. Its own
         workspace and CLI state folder are this host's (hosts may keep them elsewhere)."""
-        cwd, state_dir = spec.get("cwd"), spec.get("state_dir")
+        stored_cwd = cwd = spec.get("cwd")
+        state_dir = spec.get("state_dir")
         if spec.get("workspace") and cwd:
             cwd = self.workspaces.workspace(Path(cwd).name)
         if state_dir and Path(state_dir).parent.name == STATE_FOLDER:
@@ -161,4 +167,5 @@ class Specs:
             source_state_dir=spec.get("source_state_dir"),
             fork=spec.get("fork") is True,
             state_dir=state_dir,
+            moved_from_cwd=stored_cwd if stored_cwd != cwd else None,
         )

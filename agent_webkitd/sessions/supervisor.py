@@ -36,6 +36,7 @@ from .session import Session, WakeFailed
 from .shares import SessionShares
 from .spec import Specs
 from .spending import turn_refused
+from .transcripts import find_or_file
 
 log = structlog.get_logger(__name__)
 
@@ -440,6 +441,10 @@ class Supervisor:
             session = self._session(claimed)
             if session.spec.sync is not None and session.spec.cwd:  # before any CLI runs there
                 await session.spec.sync.restore(session.id, session.spec.cwd)
+            if session.spec.moved_from_cwd:  # its folders are this host's from now on
+                self.store.note_spec(session.id, session.spec_record())
+                if claimed.sdk_session_id:  # history reads the transcript before any wake
+                    await find_or_file(session.spec, self.store, claimed.sdk_session_id)
             await self._start(session)
         finally:
             self._starting -= 1

@@ -112,6 +112,14 @@ class PostgresStore(GroupCommitWriter):
             max_size=self.config.pool_max,
             # Each host has its own pool and statements are few; keep server memory flat.
             max_inactive_connection_lifetime=300,
+            # A host frozen mid-transaction (SIGSTOP, a paused VM) would hold its row locks,
+            # and every claim of its sessions would wait on them: PostgreSQL ends such a
+            # transaction once the lease has run out anyway.
+            server_settings={
+                "idle_in_transaction_session_timeout": str(
+                    max(1000, int(self.config.lease_s * 1000))
+                )
+            },
         )
         async with self._pool.acquire() as conn:
             applied = await migrate(conn)
