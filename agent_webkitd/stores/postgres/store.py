@@ -362,9 +362,11 @@ class PostgresStore(GroupCommitWriter):
                 row = await self._claim_from_dead(session_id, holder["owner"], principal)
                 if row is not None:
                     break
-            # A draining owner hands its settled sessions over within moments: wait for
-            # that rather than refuse (a turn still running there keeps it longer).
-            if not holder["draining"] or time.monotonic() >= deadline:
+            # Released since the claim was tried, or a draining owner that hands its
+            # settled sessions over within moments: try again rather than refuse (a turn
+            # still running there keeps it longer).
+            waiting = holder["owner"] is None or holder["draining"]
+            if not waiting or time.monotonic() >= deadline:
                 raise SessionOwnedElsewhere(holder["owner"] or "", holder["url"] or "")
             await asyncio.sleep(HANDOVER_POLL_S)
         last_seq = row["last_seq"]
