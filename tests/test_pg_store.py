@@ -453,6 +453,13 @@ async def test_a_deploy_with_hibernated_sessions_loses_no_conversation(
         assert [s["session_id"] for s in listing["sessions"]] == [session_id]
 
 
+async def owner_port(dsn: str, session_id: str) -> int | None:
+    """The port of the host that owns the session in the store (node ids are host:port:x)."""
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        owner = await pool.fetchval("SELECT owner FROM awk_sessions WHERE id = $1", session_id)
+    return None if owner is None else int(owner.split(":")[1])
+
+
 async def test_during_a_hand_over_no_host_refuses_the_session(
     pg_dsn: str, start_daemon: Any, tmp_path: Path
 ) -> None:
@@ -483,9 +490,7 @@ async def test_during_a_hand_over_no_host_refuses_the_session(
         assert status == 503 and refused["error"]["code"] == "draining", (status, refused)
         async with asyncio.timeout(10):
             assert await asyncio.to_thread(first.proc.wait) == 0
-        async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
-            owner = await pool.fetchval("SELECT owner FROM awk_sessions WHERE id = $1", session_id)
-        assert owner is not None and owner.split(":")[1] == str(second.port)
+        assert await owner_port(pg_dsn, session_id) == second.port
 
 
 async def test_a_frozen_host_serves_nothing_it_lost_once_it_wakes(
@@ -522,9 +527,7 @@ async def test_a_frozen_host_serves_nothing_it_lost_once_it_wakes(
         assert listing["sessions"] == []
     # Its shutdown gives back nothing of the new owner's.
     assert await first.stop() == 0
-    async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=1) as pool:
-        owner = await pool.fetchval("SELECT owner FROM awk_sessions WHERE id = $1", session_id)
-    assert owner is not None and owner.split(":")[1] == str(second.port)
+    assert await owner_port(pg_dsn, session_id) == second.port
 
 
 async def test_a_workspace_follows_its_session_to_the_next_host(

@@ -36,7 +36,7 @@ from .session import Session, WakeFailed
 from .shares import SessionShares
 from .spec import Specs
 from .spending import turn_refused
-from .transcripts import find_or_file
+from .transcripts import refile
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,6 @@ class Supervisor:
         ledger.on_refused = self._turn_refused
         self.confinement = confinement
         self.workspaces = workspaces
-        self.toolsets = toolsets
         sync = None
         if isinstance(store, WorkspaceStore) and not config.agent.workspaces_shared:
             sync = WorkspaceSync(store, config.agent.max_workspace_bytes, metrics)
@@ -443,8 +442,8 @@ class Supervisor:
                 await session.spec.sync.restore(session.id, session.spec.cwd)
             if session.spec.moved_from_cwd:  # its folders are this host's from now on
                 self.store.note_spec(session.id, session.spec_record())
-                if claimed.sdk_session_id:  # history reads the transcript before any wake
-                    await find_or_file(session.spec, self.store, claimed.sdk_session_id)
+                if claimed.sdk_session_id:  # for history now, and for every wake
+                    await refile(session.spec, self.store, claimed.sdk_session_id)
             await self._start(session)
         finally:
             self._starting -= 1

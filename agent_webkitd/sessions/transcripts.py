@@ -28,9 +28,6 @@ async def find_or_file(spec: SessionSpec, store: Store, claude_session_id: str) 
     """Whether the CLI of this session can resume `claude_session_id`, after filing the
     transcript where it will look if it is elsewhere; False if it is nowhere."""
     cwd = spec.cwd
-    # Refiled even if this host's project has a copy: it may be one from before the move.
-    if spec.moved_from_cwd is not None and await _refile(spec, store, claude_session_id):
-        return True
     if await store.transcript_stored(project_key_for_directory(cwd), claude_session_id):
         return True  # the SDK writes it out of the store for the CLI
     if await asyncio.to_thread(transcript_file, spec.state_dir, cwd, claude_session_id):
@@ -58,24 +55,23 @@ async def find_or_file(spec: SessionSpec, store: Store, claude_session_id: str) 
     return False
 
 
-async def _refile(spec: SessionSpec, store: Store, claude_session_id: str) -> bool:
-    """A session taken up from a host whose workspace had another path: its transcript
-    is filed in the store under that path's project; file a copy under this host's, where
-    the SDK and history look (appends go there from now on; entries already there, by
-    uuid, are skipped)."""
+async def refile(spec: SessionSpec, store: Store, claude_session_id: str) -> None:
+    """A session taken up from a host whose workspace had another path (once, at the
+    claim): its transcript is filed in the store under that path's project; file it under
+    this host's too, where the SDK and history look, even over a copy from before an
+    earlier move (entries already there, by uuid, are skipped; appends go there from now
+    on)."""
     transcripts = store.sdk_session_store()
-    if transcripts is None:
-        return False
+    if transcripts is None or spec.moved_from_cwd is None:
+        return
     old = {
         "project_key": project_key_for_directory(spec.moved_from_cwd),
         "session_id": claude_session_id,
     }
     entries = await transcripts.load(old)  # type: ignore[arg-type]
-    if not entries:
-        return False
-    new = {"project_key": project_key_for_directory(spec.cwd), "session_id": claude_session_id}
-    await transcripts.append(new, list(entries))  # type: ignore[arg-type]
-    return True
+    if entries:
+        new = {"project_key": project_key_for_directory(spec.cwd), "session_id": claude_session_id}
+        await transcripts.append(new, list(entries))  # type: ignore[arg-type]
 
 
 class _TranscriptFile:
