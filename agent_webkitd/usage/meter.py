@@ -69,7 +69,7 @@ class ResponseMeter:
 
     def wants(self, chunk: bytes) -> bool:
         """Whether `feed` must see this chunk (the gateway inlines the same test)."""
-        return self.eager or chunk[-1] != NEWLINE or USAGE_KEY in chunk
+        return self.eager or chunk[-1] != NEWLINE or chunk.find(USAGE_KEY) >= 0
 
     def finish(self) -> None:
         """The response has ended (or broke off): a JSON body is read now."""
