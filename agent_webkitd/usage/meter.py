@@ -16,8 +16,9 @@ a byte compare and a substring search.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from .model import TOKEN_KINDS, Usage
 
@@ -109,8 +110,8 @@ def _usage(figures: dict[str, Any], base: Usage) -> Usage:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
 
 
