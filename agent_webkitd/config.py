@@ -121,6 +121,10 @@ class AgentConfig:
     include_partial_messages: bool = True
     start_timeout_s: float = 60  # a CLI not connected by then is killed (502, wake_failed)
     warm_agents: int = 1  # CLIs kept started with these defaults for instant creates; 0 = off
+    # The pool grows to the largest recent burst of creates, up to this many (each idle CLI
+    # is ~185 MiB); at or below warm_agents it is fixed at warm_agents.
+    warm_agents_max: int = 8
+    warm_agents_idle_s: float = 600  # a burst is remembered this long; then extras stop
     artefacts: bool = True  # the `artefacts` MCP server (limits: [artefacts])
     env: dict[str, str] = field(default_factory=dict)  # visible to the agent: never a secret
     # Every CLI runs in a bubblewrap sandbox (agents/sandbox.py); "none" = unconfined.
@@ -367,6 +371,8 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.turn_kill_grace_s", s.turn_kill_grace_s)
     _positive("agent.start_timeout_s", a.start_timeout_s)
     _positive("agent.warm_agents", a.warm_agents, zero_ok=True)
+    _positive("agent.warm_agents_max", a.warm_agents_max, zero_ok=True)
+    _positive("agent.warm_agents_idle_s", a.warm_agents_idle_s)
     _positive("agent.max_upload_bytes", a.max_upload_bytes)
     _positive("agent.max_workspace_bytes", a.max_workspace_bytes, zero_ok=True)
     _positive("server.write_timeout_s", config.server.write_timeout_s)

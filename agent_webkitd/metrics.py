@@ -79,6 +79,12 @@ class Metrics:
             "CLI processes started ahead of time ([agent] warm_agents), ready for a new session.",
             registry=r,
         )
+        self.agents_warm_target = Gauge(
+            "agent_webkit_agents_warm_target",
+            "Warm CLIs the pool wants now: the largest recent burst of creates, within"
+            " [agent] warm_agents and warm_agents_max.",
+            registry=r,
+        )
         self.creates = Counter(
             "agent_webkit_creates_total",
             "Sessions created, by how their CLI started: taken warm, or started cold.",

@@ -280,6 +280,9 @@ class Ours(Server):
                 "cwd": str(default_cwd),
                 "allowed_cwd_roots": [str(self.sessions_root)],
                 "include_partial_messages": True,
+                # A fixed pool, as before warm_agents_max, unless a phase sizes it: a pool that
+                # starts at its ceiling would add CLIs to every phase's numbers.
+                "warm_agents_max": (agent or {}).get("warm_agents", 1),
                 **(agent or {}),
                 # Sandboxed CLIs get only [agent.env]: the marker must be there to find them.
                 "env": {**(agent or {}).get("env", {}), MARK_ENV: self.mark},

@@ -213,8 +213,10 @@ async def daemon(start_daemon: Callable[..., Any]) -> Daemon:
 
 @pytest.fixture
 async def warm_daemon(start_daemon: Callable[..., Any]) -> Daemon:
-    """A daemon with one warm CLI, as in production: creates without a cwd of their own take it."""
-    d: Daemon = await start_daemon({"agent": {"warm_agents": 1}})
+    """A daemon with a warm CLI, as in production: creates without a cwd of their own take it.
+    A fixed pool of one: a pool that starts at warm_agents_max would start eight CLIs with every
+    daemon here (test_warm.py tests the pool's growth)."""
+    d: Daemon = await start_daemon({"agent": {"warm_agents": 1, "warm_agents_max": 1}})
     return d
 
 

@@ -413,7 +413,7 @@ async def test_a_store_that_cannot_commit_is_full_until_it_can_and_publishes_not
 async def test_a_restart_sweeps_the_folders_no_session_holds(start_daemon: Any, tmp_path: Path) -> None:
     """A killed daemon leaves its warm CLIs' workspaces; the next start keeps the folders
     of the sessions it restores and removes the rest."""
-    daemon = await start_daemon({**sqlite_overrides(tmp_path / "sessions.db"), "agent": {"warm_agents": 1}})
+    daemon = await start_daemon({**sqlite_overrides(tmp_path / "sessions.db"), "agent": {"warm_agents": 1, "warm_agents_max": 1}})
     root = daemon.workdir / "workspaces"
     async with api_for(daemon) as api:
         kept = await api.create()  # takes the warm CLI (and its workspace)

@@ -26,7 +26,7 @@ WRITE = {"tool_use": {"name": "Write", "input": {"file_path": "out.txt", "conten
 
 async def start_warm(start_daemon: Any, tmp_path: Path, scenario: dict[str, Any] | None = None,
                      warm: int = 1, **overrides: dict[str, Any]) -> Daemon:
-    """A daemon with `warm` warm CLIs, all sessions sharing one default cwd (`[agent] cwd`,
+    """A daemon with `warm` warm CLIs (a fixed pool, unless `agent` overrides warm_agents_max), all sessions sharing one default cwd (`[agent] cwd`,
     instead of a workspace each) where the scripted CLIs play `scenario` and log."""
     default_cwd = tmp_path / "daemon0" / "default-cwd"  # the first daemon a test starts
     default_cwd.mkdir(parents=True)
@@ -34,7 +34,8 @@ async def start_warm(start_daemon: Any, tmp_path: Path, scenario: dict[str, Any]
         (default_cwd / "scenario.json").write_text(json.dumps(scenario))
     # Unconfined: these tests match the pids the scripted CLIs log with the daemon's view
     # (a sandbox has a PID namespace of its own); the real-CLI test below is sandboxed.
-    agent = {"warm_agents": warm, "cwd": str(default_cwd), "sandbox": "none", **overrides.pop("agent", {})}
+    agent = {"warm_agents": warm, "warm_agents_max": warm, "cwd": str(default_cwd), "sandbox": "none",
+             **overrides.pop("agent", {})}
     daemon: Daemon = await start_daemon({"agent": agent, **overrides})
     assert daemon.workdir == tmp_path / "daemon0"
     return daemon

@@ -51,6 +51,7 @@ class AgentSlots:
     def __init__(self, limit: int, max_concurrent_starts: int, share: int = 0) -> None:
         self.limit = limit
         self.share = share  # one principal's CLIs at most; 0 = no share of its own
+        self.max_concurrent_starts = max_concurrent_starts
         self._holders: dict[Holder, None] = {}  # who holds a slot, at most `limit`
         self._owned: Counter[str] = Counter()  # slots held, by principal
         self._queue: deque[tuple[asyncio.Future[None], Holder]] = deque()

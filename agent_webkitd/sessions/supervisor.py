@@ -90,6 +90,8 @@ class Supervisor:
         store.held_sessions = self.sessions.keys
         self.warm = WarmPool(
             config.agent.warm_agents,
+            config.agent.warm_agents_max,
+            config.agent.warm_agents_idle_s,
             self.slots,
             self._warm_agent,
             self._discard_warm,
@@ -257,7 +259,7 @@ class Supervisor:
     ) -> Session:
         warm_agent = None
         if source is None and request.cwd is None and self._warm_fits(request):
-            warm_agent = self.warm.peek()
+            warm_agent = self.warm.for_create()
         session_id = warm_agent.reserved_for if warm_agent else None
         session_id = session_id or str(uuid.uuid4())
         spec = self.specs.new(
@@ -275,7 +277,7 @@ class Supervisor:
         session = Session(
             spec, self.store, self.metrics, self.slots, self._forget, session_id=session_id
         )
-        if warm_agent is not None:  # nothing awaited since peek(): still the pool's
+        if warm_agent is not None:  # nothing awaited since for_create(): still the pool's
             self.warm.take(session, warm_agent)
         elif request.fork and source is not None and cwd is None and spec.cwd:
             await asyncio.to_thread(self.workspaces.copy_files, source.cwd, spec.cwd)
