@@ -245,7 +245,7 @@ async def test_the_real_cli_started_warm_serves_a_session_and_its_artefact_tools
     config_dir.mkdir()
     env = offline_cli_env(fake_model_url, config_dir)
     assert env["ANTHROPIC_BASE_URL"] == fake_model_url  # never let the real CLI go online
-    daemon = await start_daemon({"agent": {"cli_path": "", "env": env, "warm_agents": 1}})
+    daemon = await start_daemon({"agent": {"cli_path": "", "env": env, "warm_agents": 1, "warm_agents_max": 1}})
     async with api_for(daemon) as api:
         await until_warm(api, 1, timeout=60)
         session_id = await api.create()
@@ -257,3 +257,100 @@ async def test_the_real_cli_started_warm_serves_a_session_and_its_artefact_tools
         assert created.data["session_id"] == session_id and created.data["title"] == "Warm notes"
         assert named(events, "permission_request") == []
         stream.close()
+
+
+class Watch:
+    """/healthz and the pool's target polled in the background: the most seen at any time."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.most_warm = self.most_live = self.most_target = 0
+        self._task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            body = await health(self.api)
+            self.most_warm = max(self.most_warm, body["warm_agents"])
+            self.most_live = max(self.most_live, body["live_agents"])
+            _, text, _ = await self.api.request("GET", "/metrics")
+            self.most_target = max(self.most_target, int(sample(text, "agent_webkit_agents_warm_target")))
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def target(api: Api) -> float:
+    _, text, _ = await api.request("GET", "/metrics")
+    return sample(text, "agent_webkit_agents_warm_target")
+
+
+async def test_the_pool_grows_to_a_burst_serves_the_next_one_warm_and_retires_the_extras(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, agent={"warm_agents_max": 4, "warm_agents_idle_s": 4})
+    async with api_for(daemon) as api:
+        watch = Watch(api)
+        # A new host holds warm_agents_max (it has seen no burst yet)...
+        await until_warm(api, 4)
+        # ...and, no burst calling for them, goes back to warm_agents: the extras stop.
+        await until_warm(api, 1, timeout=15)
+        assert await target(api) == 1 and (await health(api))["live_agents"] == 1
+        assert "warm_agents_retired" in daemon.logs()
+        # A burst of 6 bigger than the pool: mostly cold; the pool grows to its ceiling of
+        # 4 (not 6).
+        first = await asyncio.gather(*(api.create() for _ in range(6)))
+        warm, cold = await creates(api, "warm"), await creates(api, "cold")
+        assert warm + cold == 6 and cold >= 4
+        await until_warm(api, 4)
+        assert await target(api) == 4
+        # The next burst is served warm, all of it.
+        second = await asyncio.gather(*(api.create() for _ in range(4)))
+        assert (await creates(api, "warm"), await creates(api, "cold")) == (warm + 4, cold)
+        await until_warm(api, 4)
+        assert watch.most_warm == 4 and watch.most_target == 4
+        assert watch.most_live <= 10 + 4  # the sessions' CLIs and the pool's, never more
+        # warm_agents_idle_s after the last burst, back to one warm CLI.
+        await until_warm(api, 1, timeout=15)
+        body = await health(api)
+        assert body["live_agents"] == 10 + 1 and len(daemon.orphans()) == 10 + 1
+        await watch.stop()
+        for session_id in (*first, *second):
+            assert await api.delete(session_id) == 204
+
+
+async def test_the_pool_starts_several_clis_at_once_leaving_a_start_to_sessions(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    """max_concurrent_starts = 4: the pool starts 3 at once, not one after the other."""
+    slow = {"turns": [], "on_start": {"delay": 1.5}}
+    daemon = await start_warm(start_daemon, tmp_path, slow, agent={"warm_agents_max": 4},
+                              sessions={"max_concurrent_starts": 4})
+    async with api_for(daemon) as api:
+        await until_warm(api, 4, timeout=20)
+        started = sorted(r["t"] for r in cli_starts(daemon))
+        assert len(started) == 4
+        assert started[2] - started[0] < 1.0  # three at once
+        assert started[3] - started[0] > 1.2  # the fourth when one of them is done
+
+
+async def test_a_growing_pool_takes_only_free_slots_and_its_clis_go_first(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = await start_warm(start_daemon, tmp_path, agent={"warm_agents_max": 8},
+                              sessions={"max_live_agents": 3, "hibernate_after_s": 0})
+    async with api_for(daemon) as api:
+        watch = Watch(api)
+        await until_warm(api, 3)  # its target is 8: it holds what max_live_agents leaves
+        await asyncio.sleep(1.5)  # and finds no more room
+        assert await target(api) == 8 and watch.most_live == 3
+        # Sessions that need a CLI of their own get the warm CLIs' slots.
+        made = [await api.create(cwd=str(daemon.session_dir())) for _ in range(2)]
+        body = await health(api)
+        assert (body["live_agents"], body["warm_agents"]) == (3, 1)
+        assert await creates(api, "cold") == 2
+        await asyncio.sleep(1.5)
+        assert watch.most_live == 3 and len(daemon.orphans()) == 3
+        await watch.stop()
+        for session_id in made:
+            assert await api.delete(session_id) == 204
+        await until_warm(api, 3)  # the slots are free again: the pool takes them
