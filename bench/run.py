@@ -16,7 +16,9 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   replay   a new subscriber receiving a full 1000-event ring (Last-Event-ID and no header)
   create   POST /sessions latency p50/p99: sequential creates in the default cwd (ours with
            --warm-agents warm CLIs, each create once the pool has refilled), ours cold for
-           reference, then bursts larger than the pool; failures counted
+           reference, then bursts larger than the pool; failures counted; then, on fresh
+           servers, bursts of 8 and 32 after an idle spell and again 3 s later: ours with a
+           pool that sizes itself, ours cold, the peer (bench/bursts.py)
   memory   server RSS (CLI processes excluded) per idle session and per 1000 ring events
   durable  ours only, the memory store against the SQLite and the Postgres store (a throwaway database,
            `awk_bench_<hex>` on AGENT_WEBKITD_BENCH_PG, default the local server): the
@@ -84,6 +86,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import (  # noqa: E402
+    bursts,
     checkpoint,
     cluster,
     costs,
@@ -407,6 +410,7 @@ class Bench:
                 f" waited p50 {fmt_ms(out['refill_wait_ms_p50'])} ms for the pool to refill before a sequential create")
         finally:
             out["stops"] = {s.label: await self.stop(s) for s in (ours, peer)}
+        out["bursts"] = await bursts.run(self, a.burst_sizes, scenario)
         return out
 
     # --- memory ---------------------------------------------------------------------
@@ -914,6 +918,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
         rows.append(("create failures (sequential + bursts)",
                      str(sum(len(cr.get(f"{k}_failures", [])) for k in ("ours", "ours_cold", "ours_burst"))),
                      str(sum(len(cr.get(f"{k}_failures", [])) for k in ("peer", "peer_burst"))), ""))
+        rows.extend(bursts.rows(cr.get("bursts", {})))
     mem = results.get("memory")
     if mem and "ours" in mem and "peer" in mem:
         o, p = mem["ours"], mem["peer"]
@@ -1103,6 +1108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.creates = 10 if q else 30
     args.create_burst = 4 if q else 8
     args.create_bursts = 1 if q else 3
+    args.burst_sizes = [8] if q else [8, 32]
     args.idle_sessions = 10 if q else 100
     args.idle_events = 50
     args.ring_sessions = 3 if q else 20
