@@ -22,7 +22,9 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   memory   server RSS (CLI processes excluded) per idle session and per 1000 ring events
   durable  ours only, the memory store against the SQLite and the Postgres store (a throwaway database,
            `awk_bench_<hex>` on AGENT_WEBKITD_BENCH_PG, default the local server): the
-           fan-out turn with 1 and 100 subscribers; 30 short turns (one streamed text block each) with one subscriber
+           fan-out turn with 1 and 100 subscribers, each store's events/s also as a share of
+           a bare aiohttp fan-out of the same frames in the same run (bench/bare_fanout.py,
+           the ceiling), and server CPU per delivered event; 30 short turns (one streamed text block each) with one subscriber
            (user message POST -> its `result`); the events table's on-disk size per 1000
            events, and the transcript tables' size
   restart  ours only: 1,000 hibernated sessions on the SQLite store, SIGTERM, a new process,
@@ -98,7 +100,7 @@ from bench import (  # noqa: E402
     principals,
     sandbox,
 )
-from bench.servers import Ours, Peer, Server, ensure_peer_venv  # noqa: E402
+from bench.servers import Bare, Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
 PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
@@ -514,7 +516,9 @@ class Bench:
             sqlite_path = self.tmp / "durable-sqlite" / "sessions.db"
             servers = (Ours(self.tmp, "ours-durable-memory", ring_size=a.fanout_ring),
                        Ours(self.tmp, "ours-durable-sqlite", ring_size=a.fanout_ring, sqlite_path=sqlite_path),
-                       Ours(self.tmp, "ours-durable-postgres", ring_size=a.fanout_ring, store_dsn=dsn))
+                       Ours(self.tmp, "ours-durable-postgres", ring_size=a.fanout_ring, store_dsn=dsn),
+                       Bare(self.tmp, "bare-fanout"))
+            ours = [s for s in servers if isinstance(s, Ours)]
             try:
                 for server in servers:
                     await self.start(server)
@@ -533,19 +537,25 @@ class Bench:
                                 for s in servers}}
                     for n in a.durable_subs
                 ]
+                for by in out["fanout"]:
+                    bare = by["bare"]
+                    log(f"  n={by['n']}: events/s as a share of the bare fan-out (median of {a.reps}): " + ", ".join(
+                        f"{s.store} {share(by[s.store]['eps'], bare['eps'])}" for s in ours)
+                        + "; server CPU per delivered event (us): " + ", ".join(
+                        f"{s.store} {fmt_num(by[s.store]['cpu_us_per_event'], 2)}" for s in servers))
 
                 log("-- short turns: one text block each, one live subscriber from the previous `result`;"
                     " the first turn of each session is not counted")
-                short: dict[str, list[dict[str, Any]]] = {s.store: [] for s in servers}
-                sids = {s.store: await s.create(SHORT_TURN) for s in servers}
+                short: dict[str, list[dict[str, Any]]] = {s.store: [] for s in ours}
+                sids = {s.store: await s.create(SHORT_TURN) for s in ours}
                 cursors = dict.fromkeys(sids, 0)
                 for i in range(a.short_turns + 1):
-                    for server in servers:
+                    for server in ours:
                         turn = await self.short_turn(server, sids[server.store], cursors[server.store])
                         cursors[server.store] = turn["result_id"]
                         if i:
                             short[server.store].append(turn)
-                for server in servers:
+                for server in ours:
                     turns = short[server.store]
                     ms, post = [t["ms"] for t in turns], [t["post_ms"] for t in turns]
                     part = out["short"][server.store] = {
@@ -798,8 +808,10 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return statistics.median(xs) if xs else None
 
     lat = [x for r in runs for x in r["latency_ms"]]
+    cpu = [r["server_cpu_s"] / r["delivered"] * 1e6 for r in runs if r.get("delivered")]
     return {
         "runs": len(runs),
+        "cpu_us_per_event": statistics.median(cpu) if cpu else None,
         "subscribers": sum(r["n"] for r in runs),
         "eps": med("eps"),
         "eps_before_stall": med("eps_before_stall"),
@@ -815,6 +827,11 @@ def fmt_ms(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def share(ours: float | None, ceiling: float | None) -> str:
+    """`ours` as a fraction of `ceiling` (1.00: as fast as the ceiling)."""
+    return "-" if not ours or not ceiling else f"{ours / ceiling:.2f}"
 
 
 def fmt_num(x: float | None, digits: int = 0) -> str:
@@ -998,6 +1015,12 @@ def durable_rows(dur: dict[str, Any], args: argparse.Namespace) -> list[tuple[st
             lat = {s: by[s][f"lat_p{q}_ms"] for s in stores}
             rows.append((f"  turn-end latency p{q} (ms)", triple([censored(by[s]) + fmt_ms(lat[s]) for s in stores]),
                          "", ratios(lat, False)))
+        if "bare" in by:
+            rows.append((f"  share of a bare aiohttp fan-out ({fmt_num(by['bare']['eps'])} ev/s, same run)",
+                         triple([share(by[s]["eps"], by["bare"]["eps"]) for s in stores]), "", ""))
+            rows.append(("  server CPU per delivered event (us); bare "
+                         + fmt_num(by["bare"]["cpu_us_per_event"], 2),
+                         triple([fmt_num(by[s]["cpu_us_per_event"], 2) for s in stores]), "", ""))
         rows.append(("  events lost", triple([str(by[s]["lost"]) for s in stores]), "", ""))
         rows.append((f"  subscribers stalled (of {by['memory']['subscribers']})",
                      triple([str(by[s]["stalls"]) for s in stores]), "", ""))

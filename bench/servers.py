@@ -334,3 +334,17 @@ class Peer(Server):
     async def healthy(self) -> bool:
         status, _ = await self.call("GET", "/openapi.json", timeout=2)
         return status == 200
+
+
+class Bare(Server):
+    """The fan-out ceiling (bench/bare_fanout.py): aiohttp streaming pre-encoded frames."""
+
+    name = "bare"
+    store = "bare"
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(BENCH / "bare_fanout.py"), "--host", self.host, "--port", str(self.port)]
+
+    async def healthy(self) -> bool:
+        status, _ = await self.call("GET", "/healthz", timeout=2)
+        return status == 200
