@@ -428,3 +428,32 @@ async def test_a_restart_sweeps_the_folders_no_session_holds(start_daemon: Any, 
     assert '"event": "workspaces_swept"' in daemon.logs()
     assert not (root / orphan).exists() and not (root / ".cli" / orphan).exists()
     assert (root / kept).is_dir() and (root / ".cli" / kept).is_dir()
+
+
+async def test_a_transcript_entry_is_stored_once_per_uuid_and_round_trips_what_orjson_refuses(
+    tmp_path: Path,
+) -> None:
+    """Entries are written in bulk (one uuid lookup per append): a uuid already stored, or
+    earlier in the same append, is skipped; entries without a uuid are always kept; what
+    orjson cannot encode (an integer past 64 bits) falls back to json."""
+    store = SqliteStore(StoreConfig(), tmp_path / "entries.db")
+    await store.start()
+    key: Any = {"project_key": "p", "session_id": "s"}
+
+    def entry(**fields: Any) -> Any:
+        return {"type": "user", **fields}
+
+    try:
+        transcripts = store.sdk_session_store()
+        await transcripts.append(key, [entry(uuid="a", n=1), entry(n=2), entry(uuid="a", n=3)])
+        await transcripts.append(key, [entry(uuid="a", n=4), entry(n=2), entry(uuid="b", n=2**70)])
+        await transcripts.append(key, [entry(uuid="c", text="é ✓ \u2028")])
+        assert await transcripts.load(key) == [
+            entry(uuid="a", n=1),
+            entry(n=2),
+            entry(n=2),
+            entry(uuid="b", n=2**70),
+            entry(uuid="c", text="é ✓ \u2028"),
+        ]
+    finally:
+        await store.stop()

@@ -32,7 +32,7 @@ from ...config import StoreConfig
 from ...protocol.frames import stored_frame
 from ...usage.model import DayUsage, Usage, fold
 from ..base import ClaimedSession, Conversation, NotShared, conversation_of
-from ..transcript_keys import fold_summary, subpath_of, uuid_of
+from ..transcript_keys import entry_text, fold_summary, subpath_of, uuid_of
 from ..writer import ArtefactWrite, Batch, GroupCommitWriter
 from .db import Database, connect, migrate, transaction
 from .transcripts import SqliteSessionStore
@@ -293,19 +293,41 @@ def _append_transcript(
         transcript_id, previous, stored = row
         mtime = max(now_ms, previous + 1)  # never backwards, even if the clock is
         conn.execute("UPDATE awk_transcripts SET mtime = ? WHERE id = ?", (mtime, transcript_id))
-    added = [
-        entry
-        for entry in entries
-        if conn.execute(
-            "INSERT OR IGNORE INTO awk_transcript_entries (transcript_id, uuid, entry) VALUES (?, ?, ?)",
-            (transcript_id, uuid_of(entry), json.dumps(entry)),
-        ).rowcount
-    ]
+    # One lookup and one executemany for the whole append, not a statement per entry: the
+    # SDK hands in hundreds at a time, and each statement is a GIL hand-off with the loop.
+    uuids = [uuid_of(entry) for entry in entries]
+    known = _stored_uuids(conn, row[0], uuids) if row is not None else set()
+    added, rows = [], []
+    for entry, uuid in zip(entries, uuids, strict=True):
+        if uuid is not None:
+            if uuid in known:
+                continue
+            known.add(uuid)
+        added.append(entry)
+        rows.append((transcript_id, uuid, entry_text(entry)))
+    conn.executemany(
+        "INSERT INTO awk_transcript_entries (transcript_id, uuid, entry) VALUES (?, ?, ?)", rows
+    )
     if not subpath:
         conn.execute(
             "UPDATE awk_transcripts SET summary = ? WHERE id = ?",
             (fold_summary(key, mtime, stored, added), transcript_id),
         )
+
+
+def _stored_uuids(
+    conn: sqlite3.Connection, transcript_id: int, uuids: list[str | None]
+) -> set[str]:
+    """Which of `uuids` the transcript already has (a retried batch finds its own)."""
+    wanted = [uuid for uuid in uuids if uuid is not None]
+    if not wanted:
+        return set()
+    rows = conn.execute(
+        "SELECT uuid FROM awk_transcript_entries"
+        " WHERE transcript_id = ? AND uuid IN (SELECT value FROM json_each(?))",
+        (transcript_id, json.dumps(wanted)),
+    )
+    return {uuid for (uuid,) in rows}
 
 
 def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[ClaimedSession]:
