@@ -95,6 +95,9 @@ class SessionsConfig:
     permission_timeout_s: float = 0
     inbound_queue_size: int = 16
     hibernate_after_s: float = 120  # stop the CLI of a session idle this long; 0 = never
+    # ...and keep only an index entry of a hibernated one quiet this long with no stream
+    # open (durable stores: the rest is loaded again when needed); 0 = never
+    shelve_after_s: float = 30
     max_live_agents: int = 0  # CLI processes at once; 0 = max_sessions
     max_sessions_per_principal: int = 0  # one principal's sessions on this host; 0 = no share
     max_live_agents_per_principal: int = 0  # one principal's CLI processes here; 0 = no share
@@ -364,6 +367,7 @@ def _check_semantics(config: Config) -> None:
     _positive("sessions.permission_timeout_s", s.permission_timeout_s, zero_ok=True)
     _positive("sessions.inbound_queue_size", s.inbound_queue_size)
     _positive("sessions.hibernate_after_s", s.hibernate_after_s, zero_ok=True)
+    _positive("sessions.shelve_after_s", s.shelve_after_s, zero_ok=True)
     _positive("sessions.max_live_agents", s.max_live_agents, zero_ok=True)
     _positive("sessions.max_sessions_per_principal", s.max_sessions_per_principal, zero_ok=True)
     _positive("sessions.max_concurrent_starts", s.max_concurrent_starts)

@@ -95,6 +95,11 @@ class Metrics:
             "Sessions without a CLI process, woken by their next message.",
             registry=r,
         )
+        self.sessions_shelved = Gauge(
+            "agent_webkit_sessions_shelved",
+            "Hibernated sessions held in the store alone (an index entry in memory).",
+            registry=r,
+        )
         self.hibernations = Counter(
             "agent_webkit_hibernations_total",
             "Idle sessions whose CLI was stopped (idle past hibernate_after_s, or to make room).",
@@ -115,6 +120,16 @@ class Metrics:
         self.agent_exits = Counter(
             "agent_webkit_agent_exits_total",
             "CLI processes that exited without being asked to (crash, kill, bad output).",
+            registry=r,
+        )
+        self.shelvings = Counter(
+            "agent_webkit_session_shelvings_total",
+            "Quiet hibernated sessions released to the store, an index entry kept in memory.",
+            registry=r,
+        )
+        self.unshelvings = Counter(
+            "agent_webkit_session_unshelvings_total",
+            "Shelved sessions loaded back from the store for a request.",
             registry=r,
         )
         self.sessions_claimed = Counter(

@@ -34,6 +34,10 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
   scale    ours only: 1000 live sessions, one subscriber each, a short turn on every one
   hibernate  ours only: 10,000 sessions with max_live_agents = 50, all hibernated, then a turn
            on 1,000 random ones (bench/hibernation.py); the same with Postgres at 2,000
+  hold     ours only: 100,000 sessions held on one host (quick 5,000) with the SQLite store: 1,000
+           created through the API with a turn each, the rest copied in the store, a restart:
+           daemon RAM per held session (target <= 4 KiB), then a turn on 1,000 at random,
+           0 lost (bench/holding.py)
   wake     ours only, the real bundled CLI + stand-in model: wake latency against a live
            session plus a cold CLI start, and the CLI memory hibernation frees
   cost     ours only: the daemon's own CPU per delivered event at 1 and 200 sessions streaming
@@ -96,6 +100,7 @@ from bench import (  # noqa: E402
     files,
     gateway,
     hibernation,
+    holding,
     pgdb,
     principals,
     sandbox,
@@ -103,11 +108,11 @@ from bench import (  # noqa: E402
 from bench.servers import Bare, Ours, Peer, Server, ensure_peer_venv  # noqa: E402
 from bench.subscribers import Job, JobError, Pool  # noqa: E402
 
-PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "wake",
-          "cost", "sandbox", "files", "gateway", "checkpoint", "cluster")
-OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "wake", "cost", "sandbox", "files",
+PHASES = ("fanout", "replay", "create", "memory", "durable", "restart", "auth", "scale", "hibernate", "hold",
+          "wake", "cost", "sandbox", "files", "gateway", "checkpoint", "cluster")
+OURS_ONLY = ("durable", "restart", "auth", "scale", "hibernate", "hold", "wake", "cost", "sandbox", "files",
              "gateway", "checkpoint", "cluster")  # need no peer installed
-LARGE = ("scale", "hibernate")  # skipped by --no-scale
+LARGE = ("scale", "hibernate", "hold")  # skipped by --no-scale
 STALL_S = 2.0  # a subscriber this much later than the first `result`, or silent this long mid-turn
 MIN_FREE_GIB = 2.0  # the scale phase stops creating sessions below this much available memory
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -597,6 +602,9 @@ class Bench:
     async def phase_hibernate(self) -> dict[str, Any]:
         return await hibernation.phase_hibernate(self)
 
+    async def phase_hold(self) -> dict[str, Any]:
+        return await holding.phase_hold(self)
+
     async def phase_wake(self) -> dict[str, Any]:
         return await hibernation.phase_wake(self)
 
@@ -954,6 +962,7 @@ def build_table(results: dict[str, Any], args: argparse.Namespace) -> list[tuple
     rows += embedded.rows(results)
     rows += principals.rows(results)
     rows += hibernation.rows(results)
+    rows += holding.rows(results)
     rows += costs.rows(results)
     rows += sandbox.rows(results)
     rows += files.rows(results)
@@ -1095,6 +1104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts (default 1,10,100)")
     p.add_argument("--turn-timeout", type=float, help="cap on waiting for one turn, s (default 30, quick 5)")
     p.add_argument("--scale-sessions", type=int, help="sessions in the scale phase (default 1000, quick 30)")
+    p.add_argument("--hold-sessions", type=int, help="sessions held in the hold phase (default 100000, quick 5000)")
     p.add_argument("--hibernate-sessions", type=int, help="sessions in the hibernate phase (default 10000, quick 300)")
     p.add_argument("--workers", type=int, default=2, help="subscriber worker processes")
     p.add_argument("--warm-agents", type=int, default=1, help="ours' [agent] warm_agents in the create phase")
@@ -1144,6 +1154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.hibernate_sessions = args.hibernate_sessions or (300 if q else 10_000)
     args.hibernate_pg_sessions = min(args.hibernate_sessions, 100 if q else 2000)
     args.wake_sessions = min(args.hibernate_sessions, 100 if q else 1000)
+    args.hold_sessions = args.hold_sessions or (5000 if q else 100_000)
+    args.hold_templates = min(args.hold_sessions, 200 if q else 1000)
+    args.hold_wakes = min(args.hold_sessions, 100 if q else 1000)
     args.wake_real_sessions = 2 if q else 5
     args.wake_real_rounds = 2 if q else 4
     args.restart_sessions = 100 if q else 1000

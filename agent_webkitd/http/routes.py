@@ -24,7 +24,7 @@ from ..errors import ApiError, bad_request
 from ..identity.principals import Principal
 from ..metrics import clean_subscriber_id
 from ..protocol import openapi, wire
-from ..sessions import history
+from ..sessions import gauges, history
 from ..sessions.inputs import handle_input
 from ..sessions.session import Session
 from ..sessions.supervisor import Supervisor
@@ -232,10 +232,13 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     principal = principal_of(request)
     owner = request.query.get("owner") if principal.admin else None
-    sessions = [history.describe(s, full=False) for s in supervisor.visible(principal, owner)]
+    sessions = [history.listed(s) for s in supervisor.visible(principal, owner)]
     counts: dict[str, Any] = {}
     if principal.admin:
-        counts = {**supervisor.counts(), "agents_by_principal": supervisor.slots.by_principal()}
+        counts = {
+            **gauges.counts(supervisor),
+            "agents_by_principal": supervisor.slots.by_principal(),
+        }
     return json_response({"sessions": sessions, **counts})
 
 
@@ -312,7 +315,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             "ok": True,
             "sandbox": confinement.sandbox,  # "none": agents run unconfined (DESIGN §12)
             "network": confinement.network,
-            **supervisor.counts(),
+            **gauges.counts(supervisor),
         }
     )
 
@@ -340,7 +343,7 @@ async def genui_schema(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
-    supervisor.refresh_gauges()
+    gauges.refresh(supervisor)
     body, headers = supervisor.metrics.render(request.headers.getall("Accept", []))
     return web.Response(body=body, headers=headers)
 

@@ -19,10 +19,19 @@ from claude_agent_sdk import SessionMessage, get_session_messages_from_store
 from claude_agent_sdk.types import SessionStore
 
 from ..protocol.wire import PROTOCOL_VERSION
+from ..stores.base import ShelvedSession
+from . import shelf
 from .transcripts import file_messages
 
 if TYPE_CHECKING:
     from .session import Session
+
+
+def listed(held: Session | ShelvedSession) -> dict[str, Any]:
+    """GET /sessions's entry for a session, in memory or shelved."""
+    if isinstance(held, ShelvedSession):
+        return shelf.describe(held)
+    return describe(held, full=False)
 
 
 def describe(session: Session, *, full: bool) -> dict[str, Any]:

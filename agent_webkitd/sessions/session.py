@@ -403,6 +403,13 @@ class Session:
             and not self._closing
         )
 
+    def can_shelve(self) -> bool:
+        """Hibernated, nothing in memory the store lacks: no stream, turn, decision, wake
+        or close in progress (sessions/shelf.py)."""
+        quiet = not (self.subscribers or self.busy or self.bridge.decisions.pending)
+        held = self._lifecycle is not None or self._wakes_held or self._closing
+        return quiet and not held and self.state == "hibernated"
+
     def stopping(self) -> bool:
         agent = self._agent
         return agent is not None and agent.stopping

@@ -27,13 +27,20 @@ from ..errors import ApiError, bad_request, not_found, unavailable
 from ..identity.principals import DEFAULT_ADMIN, Principal, may_see
 from ..metrics import Metrics
 from ..protocol import wire
-from ..stores.base import ClaimedSession, SessionOwnedElsewhere, Store, WorkspaceStore
+from ..stores.base import (
+    ClaimedSession,
+    SessionOwnedElsewhere,
+    ShelvedSession,
+    Store,
+    WorkspaceStore,
+)
 from ..usage.budgets import OverBudget
 from ..usage.ledger import Ledger
 from .cwds import resolve_cwd
 from .resumes import Source, take_conversation
 from .session import Session, WakeFailed
 from .shares import SessionShares
+from .shelf import Shelf
 from .spec import Specs
 from .spending import turn_refused
 from .transcripts import refile
@@ -70,6 +77,8 @@ class Supervisor:
         self.store = store
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        self.shelf = Shelf()  # quiet hibernated sessions that live in the store alone
+        self._evicting: set[str] = set()  # shelved sessions being loaded to be closed
         self._by_owner: dict[str, dict[str, Session]] = {}  # GET /sessions as one principal
         self.slots = AgentSlots(
             config.sessions.live_agents_cap,
@@ -102,14 +111,19 @@ class Supervisor:
     async def start(self) -> None:
         """Take up the sessions the store kept (each hibernated), then start the tickers."""
         sessions = self.config.sessions
-        for claimed in await self.store.open_sessions(sessions.ring_size, sessions.idle_timeout_s):
-            await self._start(self._session(claimed))
-        if self.sessions:
-            log.info("sessions_restored", sessions=len(self.sessions))
+        keep: set[str] = set()  # the folders of the sessions this host holds
+        for opened in await self.store.open_sessions(sessions.ring_size, sessions.idle_timeout_s):
+            if isinstance(opened, ShelvedSession):
+                keep.update(opened.folders)
+                self.shelf.add(opened)
+            else:
+                await self._start(self._session(opened))
+        if self.sessions or self.shelf:
+            log.info("sessions_restored", sessions=len(self.sessions), shelved=len(self.shelf))
         if not self.store.shared:  # every folder of this host's is one of these sessions'
             # (A resumed session works in the workspace of the session it took over.)
             folders = [(s.spec.cwd or "", s.spec.state_dir) for s in self.sessions.values()]
-            keep = {Path(p).name for pair in folders for p in pair if p}
+            keep |= {Path(p).name for pair in folders for p in pair if p}
             swept = await asyncio.to_thread(self.workspaces.sweep, keep)
             if swept:
                 log.info("workspaces_swept", folders=swept)
@@ -178,6 +192,8 @@ class Supervisor:
     async def _idle_sweep(self) -> None:
         timeout = self.config.sessions.idle_timeout_s
         hibernate_after = self.config.sessions.hibernate_after_s
+        # Loading a shelved session back costs milliseconds: only quiet ones go.
+        shelve_after = self.config.sessions.shelve_after_s if self.store.durable else 0.0
         watchdog = self.config.sessions
         period = min(IDLE_SWEEP_S, timeout / 4, (hibernate_after or IDLE_SWEEP_S) / 4)
         while True:
@@ -189,17 +205,28 @@ class Supervisor:
                     self._close_in_background(session, "idle")
                 elif hibernate_after and session.quiet_for() >= hibernate_after:
                     session.request_hibernation()
+                elif shelve_after and idle >= shelve_after and session.can_shelve():
+                    self._shelve(session)
                 if watchdog.turn_idle_timeout_s:
                     session.watch_turn(watchdog.turn_idle_timeout_s, watchdog.turn_kill_grace_s)
+            for entry in self.shelf.idle_past(timeout):
+                if entry.session_id in self._evicting:  # loading it takes a moment
+                    continue
+                self._evicting.add(entry.session_id)
+                task = asyncio.create_task(self._evict_shelved(entry))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
-    def _admit(self) -> None:
-        """Raise 503 unless this host can take one more session."""
+    def _admit(self, shelved: bool = False) -> None:
+        """Raise 503 unless this host can take one more session (a `shelved` one is
+        counted already)."""
         if self.draining:
             self.metrics.capacity_rejections.inc({"reason": "draining"})
             raise unavailable(
                 "draining", "this server is shutting down; create the session elsewhere", 5
             )
-        if len(self.sessions) + self._starting >= self.config.sessions.max_sessions:
+        held = len(self.sessions) + len(self.shelf) + self._starting
+        if not shelved and held >= self.config.sessions.max_sessions:
             self.metrics.capacity_rejections.inc({"reason": "at_capacity"})
             raise unavailable(
                 "at_capacity",
@@ -215,6 +242,8 @@ class Supervisor:
         self._admit()
         if request.resume is None:
             return await self._open(request, owner, mode, cwd)
+        if (shelved := self.shelf.holding(request.resume)) is not None:
+            await self._claimed_once(shelved.session_id, None)  # its holder, here again
         source = await take_conversation(self.sessions, self.store, request, owner, cwd)
         if not request.fork or not self.workspaces.owns(source.cwd):
             cwd = (
@@ -246,7 +275,8 @@ class Supervisor:
     ) -> Session:
         """Store a new session and start its CLI (a warm one if it fits: it already works
         in the workspace of the session id it was started for)."""
-        with self.shares.opening(owner.name, len(self._by_owner.get(owner.name, {}))):
+        held = len(self._by_owner.get(owner.name, {})) + self.shelf.count(owner.name)
+        with self.shares.opening(owner.name, held):
             return await self._open_within_share(request, owner, mode, cwd, source)
 
     async def _open_within_share(
@@ -386,14 +416,17 @@ class Supervisor:
             if not owned:
                 del self._by_owner[session.owner]
 
-    def visible(self, principal: Principal, owner: str | None = None) -> list[Session]:
+    def visible(
+        self, principal: Principal, owner: str | None = None
+    ) -> list[Session | ShelvedSession]:
         """The sessions GET /sessions lists: the caller's own; an admin's, every one (or
         one owner's). Looked up by owner, so the time does not grow with other users'."""
         if principal.admin and owner is None:
-            return list(self.sessions.values())
+            return [*self.sessions.values(), *self.shelf.all()]
         if not principal.admin:
             owner = principal.name
-        return list(self._by_owner.get(owner or "", {}).values())
+        held = self._by_owner.get(owner or "", {}).values()
+        return [*held, *self.shelf.owned_by(owner or "")]
 
     async def find(self, session_id: str, principal: Principal) -> Session:
         """The session with this id, if `principal` may see it: this host's, or one
@@ -409,23 +442,39 @@ class Supervisor:
             return session
         if (leaving := self._leaving.get(session_id)) is not None:
             await asyncio.wait({leaving})  # released: from now on another host's to claim
+        shelved = self.shelf.get(session_id)
+        if shelved is not None and not may_see(principal, shelved.owner):
+            raise not_found(session_id)  # decided before anything is loaded
+        if shelved is not None or (session_id, None) in self._claims:  # (off the shelf now)
+            session = await self._claimed_once(session_id, None)
+            if not may_see(principal, session.owner):
+                raise not_found(session_id)
+            return session
         if not self.store.shared:
             raise not_found(session_id)
-        key = (session_id, None if principal.admin else principal.name)
+        return await self._claimed_once(session_id, None if principal.admin else principal.name)
+
+    async def _claimed_once(self, session_id: str, owner: str | None) -> Session:
+        """One claim per id at a time: concurrent requests share it."""
+        key = (session_id, owner)
         claim = self._claims.get(key)
-        if claim is None:  # one claim per id at a time; concurrent requests share it
-            claim = asyncio.ensure_future(self._claim(session_id, key[1]))
+        if claim is None:
+            claim = asyncio.ensure_future(self._claim(session_id, owner))
             self._claims[key] = claim
             claim.add_done_callback(lambda _: self._claims.pop(key, None))
         return await asyncio.shield(claim)
 
     async def _claim(self, session_id: str, owner: str | None) -> Session:
-        self._admit()
+        """Take up a session from the store: one of a host that is gone, or one of this
+        host's shelf (loaded again; its entry goes once it is back, or gone)."""
+        shelved = self.shelf.get(session_id) is not None
+        self._admit(shelved)
         self._starting += 1
         try:
             try:
                 claimed = await self.store.claim(session_id, self.config.sessions.ring_size, owner)
             except SessionOwnedElsewhere as exc:
+                self.shelf.remove(session_id)  # released to the store, and taken meanwhile
                 raise ApiError(
                     503,
                     "session_elsewhere",
@@ -438,6 +487,7 @@ class Supervisor:
                     "store_unavailable", "the session store cannot be reached; retry later", 5
                 ) from exc
             if claimed is None:
+                self.shelf.remove(session_id)
                 raise not_found(session_id)
             session = self._session(claimed)
             if session.spec.sync is not None and session.spec.cwd:  # before any CLI runs there
@@ -446,11 +496,30 @@ class Supervisor:
                 self.store.note_spec(session.id, session.spec_record())
                 if claimed.sdk_session_id:  # for history now, and for every wake
                     await refile(session.spec, self.store, claimed.sdk_session_id)
+            self.shelf.remove(session_id)  # nothing awaited from here to its registration
             await self._start(session)
         finally:
             self._starting -= 1
-        self.metrics.sessions_claimed.inc({})
+        (self.metrics.unshelvings if shelved else self.metrics.sessions_claimed).inc({})
         return session
+
+    def _shelve(self, session: Session) -> None:
+        """A quiet hibernated session: released to the store, an index entry kept here."""
+        self._unregister(session)
+        self.shelf.add(Shelf.entry_of(session))
+        self._close_in_background(session, "shelved", release=True)
+
+    async def _evict_shelved(self, entry: ShelvedSession) -> None:
+        """A shelved session idle past idle_timeout_s: loaded, to be closed like any other."""
+        log.info("session_idle_evicted", session_id=entry.session_id, shelved=True)
+        try:
+            session = await self._claimed_once(entry.session_id, None)
+        except ApiError as exc:  # gone meanwhile, or the store is away: the next sweep
+            log.warning("shelved_eviction_failed", session_id=entry.session_id, error=exc.code)
+            return
+        finally:
+            self._evicting.discard(entry.session_id)
+        await self.close(session, "idle")
 
     def _session(self, claimed: ClaimedSession) -> Session:
         """A session taken up from the store, with its settings as last set."""
@@ -481,12 +550,15 @@ class Supervisor:
         await session.close(reason, release=release)
 
     def _forget(self, session: Session) -> None:
-        """Called by every session as it ends, whatever ended it."""
+        """Called by every session as it ends (or is shelved), whatever ended it."""
         self._unregister(session)
         self.ledger.forget(session.id)
         if session.spec.sync is not None:
             session.spec.sync.forget(session.id)
-        self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
+        if session.close_reason == "shelved":
+            self.metrics.shelvings.inc({})
+        else:
+            self.metrics.sessions_evicted.inc({"reason": session.close_reason or "error"})
 
     def _turn_refused(self, session_id: str, over: OverBudget) -> None:
         if (session := self.sessions.get(session_id)) is not None:
@@ -517,33 +589,3 @@ class Supervisor:
     def close_stream(self, session: Session) -> None:
         self.streams -= 1
         session.detach()
-
-    def counts(self) -> dict[str, int]:
-        """How many sessions and CLI processes there are (GET /sessions, /healthz)."""
-        return {
-            "live_sessions": len(self.sessions),
-            "hibernated_sessions": sum(
-                1 for s in self.sessions.values() if s.state == "hibernated"
-            ),
-            "live_agents": self.slots.live,
-            "max_live_agents": self.slots.limit,
-            "waiting_for_agent": self.slots.waiting,
-            "warm_agents": self.warm.ready,
-        }
-
-    def refresh_gauges(self) -> None:
-        """Set the point-in-time gauges just before a scrape."""
-        self.ledger.flush_metrics()
-        sessions = list(self.sessions.values())
-        counts = self.counts()
-        self.metrics.sessions_live.set({}, counts["live_sessions"])
-        self.metrics.agents_live.set({}, counts["live_agents"])
-        self.metrics.agents_warm.set({}, counts["warm_agents"])
-        self.metrics.sessions_hibernated.set({}, counts["hibernated_sessions"])
-        self.metrics.max_sessions.set({}, self.config.sessions.max_sessions)
-        self.metrics.max_live_agents.set({}, counts["max_live_agents"])
-        self.metrics.store_healthy.set({}, 1 if self.store.healthy else 0)
-        self.metrics.subscribers_live.set({}, sum(s.subscribers for s in sessions))
-        self.metrics.decisions_pending.set(
-            {}, sum(len(s.bridge.decisions.pending) for s in sessions)
-        )

@@ -43,6 +43,25 @@ class ClaimedSession:
     usage: Usage | None = None  # what its model requests have consumed so far
 
 
+@dataclass(slots=True)
+class ShelvedSession:
+    """A hibernated session that lives in the store alone (sessions/shelf.py): what
+    listings, ownership checks and idle eviction need, a few hundred bytes. Everything else
+    (its events, artefacts, settings) is loaded again when a request needs the session."""
+
+    session_id: str
+    owner: str
+    created_at: float  # unix time
+    last_active: float  # unix time of its last sign of life
+    last_seq: int
+    model: str | None
+    permission_mode: str
+    claude_session_id: str | None
+    # Only while the store is opened: the names of its workspace and CLI state folders
+    # (the start-up sweep keeps them), then dropped.
+    folders: tuple[str, ...] = ()
+
+
 class FileRow(NamedTuple):
     """One file, directory or link of a workspace checkpoint (shared stores)."""
 
@@ -196,16 +215,19 @@ class Store(ArtefactStore, Protocol):
         host, takes it up. `last_active`: unix time of its last sign of life."""
         ...
 
-    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
-        """Start-up: the sessions this host takes up at once (closing any idle too long)."""
+    async def open_sessions(
+        self, ring_size: int, idle_timeout_s: float
+    ) -> list[ClaimedSession | ShelvedSession]:
+        """Start-up: the sessions this host takes up at once (closing any idle too long):
+        loaded whole if a turn was cut off (it has to be settled), else shelved."""
         ...
 
     async def claim(
         self, session_id: str, ring_size: int, principal: str | None
     ) -> ClaimedSession | None:
-        """Take over a session whose host is gone, if `principal` may see it (None: an
-        admin, who sees every one). None: no such open session for them.
-        Raises SessionOwnedElsewhere while its owner is alive."""
+        """Take up a session: one whose host is gone, or one this host shelved, if
+        `principal` may see it (None: an admin, who sees every one). None: no such open
+        session for them. Raises SessionOwnedElsewhere while another owner is alive."""
         ...
 
     def sdk_session_store(self) -> SessionStore | None: ...

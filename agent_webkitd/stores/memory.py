@@ -16,7 +16,14 @@ from claude_agent_sdk.types import SessionStore
 
 from ..artefacts.model import StoredVersion
 from ..usage.model import DayUsage, Usage, UsageRecord
-from .base import ClaimedSession, Conversation, NotShared, Publisher, conversation_of
+from .base import (
+    ClaimedSession,
+    Conversation,
+    NotShared,
+    Publisher,
+    ShelvedSession,
+    conversation_of,
+)
 
 # Closed sessions whose conversations stay resumable by their owners (~300 bytes each);
 # past this the oldest are forgotten, as `prune` would.
@@ -97,7 +104,9 @@ class MemoryStore(NotShared):
     async def release(self, session_id: str, last_active: float) -> None:
         pass
 
-    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+    async def open_sessions(
+        self, ring_size: int, idle_timeout_s: float
+    ) -> list[ClaimedSession | ShelvedSession]:
         return []
 
     async def claim(

@@ -53,6 +53,7 @@ from ..base import (
     Conversation,
     FileRow,
     SessionOwnedElsewhere,
+    ShelvedSession,
     conversation_of,
 )
 from ..writer import Batch, GroupCommitWriter
@@ -211,7 +212,9 @@ class PostgresStore(GroupCommitWriter):
         )
         return [DayUsage(r["principal"], r["day"], Usage.of_row(tuple(r)[2:])) for r in rows]
 
-    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
+    async def open_sessions(
+        self, ring_size: int, idle_timeout_s: float
+    ) -> list[ClaimedSession | ShelvedSession]:
         return []  # claimed when a request for one arrives, since other hosts share them
 
     async def save_workspace(

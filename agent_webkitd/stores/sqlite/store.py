@@ -31,7 +31,7 @@ from ...artefacts.model import Artefact, Version
 from ...config import StoreConfig
 from ...protocol.frames import stored_frame
 from ...usage.model import DayUsage, Usage, fold
-from ..base import ClaimedSession, Conversation, NotShared, conversation_of
+from ..base import ClaimedSession, Conversation, NotShared, ShelvedSession, conversation_of
 from ..transcript_keys import entry_text, fold_summary, subpath_of, uuid_of
 from ..writer import ArtefactWrite, Batch, GroupCommitWriter
 from .db import Database, connect, migrate, transaction
@@ -154,8 +154,10 @@ class SqliteStore(NotShared, GroupCommitWriter):
         # One host: every open session is this host's.
         return None if row is None else conversation_of(row[0], json.loads(row[1]), False)
 
-    async def open_sessions(self, ring_size: int, idle_timeout_s: float) -> list[ClaimedSession]:
-        """Start-up: every open session, to be hibernated here; those idle past
+    async def open_sessions(
+        self, ring_size: int, idle_timeout_s: float
+    ) -> list[ClaimedSession | ShelvedSession]:
+        """Start-up: every open session, to be hibernated (or shelved) here; those idle past
         `idle_timeout_s` (from their stored last activity) are closed instead."""
         now = time.time()
         closed = await self.db.write(
@@ -174,7 +176,12 @@ class SqliteStore(NotShared, GroupCommitWriter):
     async def claim(
         self, session_id: str, ring_size: int, principal: str | None
     ) -> ClaimedSession | None:
-        return None  # one host: every open session was loaded at start-up
+        """A session this host shelved (one host: every open session is this host's)."""
+        return await self.db.read(
+            functools.partial(
+                _load_one, session_id=session_id, principal=principal, ring_size=ring_size
+            )
+        )
 
 
 def _commit(conn: sqlite3.Connection, *, batch: Batch, now: float) -> None:
@@ -330,42 +337,89 @@ def _stored_uuids(
     return {uuid for (uuid,) in rows}
 
 
-def _load_open(conn: sqlite3.Connection, *, ring_size: int, now: float) -> list[ClaimedSession]:
-    sessions = []
+def _load_open(
+    conn: sqlite3.Connection, *, ring_size: int, now: float
+) -> list[ClaimedSession | ShelvedSession]:
+    """Every open session: shelved if it was released hibernated (nothing to settle, so
+    nothing of it needs to be in memory), else loaded whole."""
+    sessions: list[ClaimedSession | ShelvedSession] = []
     for row in conn.execute(
-        "SELECT id, spec, sdk_session_id, last_seq, last_state, created_at, last_active,"
-        f" {USAGE_COLUMNS} FROM awk_sessions LEFT JOIN awk_session_usage ON session_id = id"
-        " WHERE state = 'open' ORDER BY created_at"
+        f"SELECT {_SESSION_COLUMNS} FROM awk_sessions LEFT JOIN awk_session_usage"
+        " ON session_id = id WHERE state = 'open' ORDER BY created_at"
     ).fetchall():
-        session_id, spec, sdk_id, last_seq, last_state, created_at, last_active = row[:7]
-        if last_state in SETTLED_STATES:  # its last result is enough (the cost so far)
-            query = (
-                "SELECT name, data FROM (SELECT seq, name, data FROM awk_events"
-                " WHERE session_id = ? AND name = 'result' AND seq > ? ORDER BY seq DESC LIMIT 1)"
-            )
-        else:  # cut off mid-turn: its decisions and its turn are settled from its events
-            query = (
-                "SELECT name, data FROM awk_events WHERE session_id = ? AND seq > ? ORDER BY seq"
-            )
-        events = [
-            (name, json.loads(data))
-            for name, data in conn.execute(query, (session_id, last_seq - ring_size))
-        ]
-        sessions.append(
-            ClaimedSession(
-                session_id=session_id,
-                spec=json.loads(spec),
-                sdk_session_id=sdk_id,
-                last_seq=last_seq,
-                events=events,
-                last_state=last_state,
-                created_at=created_at,
-                idle_s=max(0.0, now - last_active),
-                artefacts=_load_artefacts(conn, session_id),
-                usage=None if row[7] is None else Usage.of_row(row[7:]),
-            )
-        )
+        if row[4] == "hibernated":
+            sessions.append(_shelved(row))
+        else:
+            sessions.append(_loaded(conn, row, ring_size=ring_size, now=now))
     return sessions
+
+
+def _load_one(
+    conn: sqlite3.Connection, session_id: str, principal: str | None, *, ring_size: int
+) -> ClaimedSession | None:
+    """One open session, whole (a shelved one that a request needs), if `principal` may
+    see it (None: an admin)."""
+    row = conn.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM awk_sessions LEFT JOIN awk_session_usage"
+        " ON session_id = id WHERE id = ? AND state = 'open'",
+        (session_id,),
+    ).fetchone()
+    if row is None or (principal is not None and _owner(json.loads(row[1])) != principal):
+        return None
+    return _loaded(conn, row, ring_size=ring_size, now=time.time())
+
+
+_SESSION_COLUMNS = (
+    "id, spec, sdk_session_id, last_seq, last_state, created_at, last_active, " + USAGE_COLUMNS
+)
+
+
+def _owner(spec: dict[str, Any]) -> str:
+    return str(spec.get("owner") or "token:default")  # from before principals: the admin's
+
+
+def _shelved(row: Any) -> ShelvedSession:
+    session_id, spec, sdk_id, last_seq, _, created_at, last_active = row[:7]
+    settings = json.loads(spec)
+    folders = tuple(Path(p).name for p in (settings.get("cwd"), settings.get("state_dir")) if p)
+    return ShelvedSession(
+        session_id,
+        _owner(settings),
+        created_at,
+        last_active,
+        last_seq,
+        settings.get("model"),
+        settings.get("permission_mode") or "default",
+        sdk_id,
+        folders,
+    )
+
+
+def _loaded(conn: sqlite3.Connection, row: Any, *, ring_size: int, now: float) -> ClaimedSession:
+    session_id, spec, sdk_id, last_seq, last_state, created_at, last_active = row[:7]
+    if last_state in SETTLED_STATES:  # its last result is enough (the cost so far)
+        query = (
+            "SELECT name, data FROM (SELECT seq, name, data FROM awk_events"
+            " WHERE session_id = ? AND name = 'result' AND seq > ? ORDER BY seq DESC LIMIT 1)"
+        )
+    else:  # cut off mid-turn: its decisions and its turn are settled from its events
+        query = "SELECT name, data FROM awk_events WHERE session_id = ? AND seq > ? ORDER BY seq"
+    events = [
+        (name, json.loads(data))
+        for name, data in conn.execute(query, (session_id, last_seq - ring_size))
+    ]
+    return ClaimedSession(
+        session_id=session_id,
+        spec=json.loads(spec),
+        sdk_session_id=sdk_id,
+        last_seq=last_seq,
+        events=events,
+        last_state=last_state,
+        created_at=created_at,
+        idle_s=max(0.0, now - last_active),
+        artefacts=_load_artefacts(conn, session_id),
+        usage=None if row[7] is None else Usage.of_row(row[7:]),
+    )
 
 
 def _load_artefacts(conn: sqlite3.Connection, session_id: str) -> list[Artefact]:
