@@ -562,3 +562,38 @@ async def test_a_workspace_follows_its_session_to_the_next_host(
         # (cli-log.jsonl: the scripted CLI's own record, in its cwd, checkpointed like any file)
         names = sorted(p.name for p in here.iterdir())
         assert names == ["by-agent.txt", "cli-log.jsonl", "deep", "notes.txt"]
+
+
+async def test_a_shelved_session_is_released_to_the_store_and_comes_back_whole(
+    pg_dsn: str, start_daemon: Any, tmp_path: Path
+) -> None:
+    # Shelving with Postgres releases the session (no owner): the next request, here or on
+    # another host, claims it back with its ids continuing.
+    shelving = {"hibernate_after_s": 0.3, "shelve_after_s": 0.5}
+    daemon = await start_daemon(pg_overrides(pg_dsn, tmp_path, store={"lease_s": 60}, sessions=shelving))
+    cwd = daemon.session_dir()
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(cwd))
+        stream = await stream_from(api, session_id, 0)
+        await api.say(session_id, "remember the teapot")
+        seen = await read_turn(stream)
+        stream.close()
+        for _ in range(150):
+            status, health, _ = await api.request("GET", "/healthz")
+            if health["shelved_sessions"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert health["shelved_sessions"] == 1, health
+        assert await owner_port(pg_dsn, session_id) is None, "released to the store"
+        status, listing, _ = await api.request("GET", "/sessions")
+        assert [s["session_id"] for s in listing["sessions"]] == [session_id]
+        last = listing["sessions"][0]["last_seq"]
+        resumed = await stream_from(api, session_id, last)
+        assert await owner_port(pg_dsn, session_id) == daemon.port, "claimed back by this host"
+        await api.say(session_id, "what was it?")
+        after = await read_turn(resumed)
+        ids = [e.id for e in seen] + [e.id for e in after]
+        assert ids == sorted(set(ids)) and after[0].id == last + 1, (ids, last)
+        assert [m["text"] for m in model_views(cwd)[-1]] == [
+            "remember the teapot", "echo: remember the teapot", "what was it?",
+        ]
