@@ -586,7 +586,7 @@ async def test_a_shelved_session_is_released_to_the_store_and_comes_back_whole(
         assert health["shelved_sessions"] == 1, health
         assert await owner_port(pg_dsn, session_id) is None, "released to the store"
         status, listing, _ = await api.request("GET", "/sessions")
-        assert [s["session_id"] for s in listing["sessions"]] == [session_id]
+        assert status == 200 and [s["session_id"] for s in listing["sessions"]] == [session_id]
         last = listing["sessions"][0]["last_seq"]
         resumed = await stream_from(api, session_id, last)
         assert await owner_port(pg_dsn, session_id) == daemon.port, "claimed back by this host"
