@@ -118,6 +118,23 @@ async def turns_on(bench: Bench, server: Server, cursors: dict[str, int]) -> lis
     return out
 
 
+async def turns_in_waves(bench: Bench, server: Server, cursors: dict[str, int]) -> dict[str, Any]:
+    """A turn on each session, WAKE_WAVE at a time: how many, ok, lost or repeated, errors,
+    the wall time and POST -> result p50/p99."""
+    woken: list[dict[str, Any]] = []
+    t = time.monotonic()
+    sids = list(cursors)
+    for start in range(0, len(sids), WAKE_WAVE):
+        woken += await turns_on(bench, server, {s: cursors[s] for s in sids[start:start + WAKE_WAVE]})
+    ms = [w["ms"] for w in woken if w["ms"] is not None]
+    return {
+        "wake_s": time.monotonic() - t, "woken": len(woken), "wake_ok": sum(w["ok"] for w in woken),
+        "wake_lost": sum(w["missing"] + w["dups"] for w in woken),
+        "wake_errors": sorted({str(e)[:200] for w in woken for e in w["errors"]})[:5],
+        "wake_turn_p50_ms": percentile(ms, 50), "wake_turn_p99_ms": percentile(ms, 99),
+    }
+
+
 async def hold_sessions(bench: Bench, label: str, n: int, store_dsn: str | None) -> dict[str, Any]:
     a = bench.args
     server = Ours(bench.tmp, label, max_sessions=n + 10, store_dsn=store_dsn,
@@ -165,20 +182,8 @@ async def hold_sessions(bench: Bench, label: str, n: int, store_dsn: str | None)
         _, listing = await server.call("GET", "/sessions", timeout=120)
         last = {s["session_id"]: s["last_seq"] for s in listing["sessions"]}
         chosen = random.Random(7).sample(created, min(a.wake_sessions, len(created)))
-        woken: list[dict[str, Any]] = []
-        t = time.monotonic()
-        for start in range(0, len(chosen), WAKE_WAVE):
-            wave = chosen[start:start + WAKE_WAVE]
-            woken += await turns_on(bench, server, {s: last[s] for s in wave})
-        out["wake_s"] = time.monotonic() - t
-        ms = [w["ms"] for w in woken if w["ms"] is not None]
-        out.update(
-            woken=len(woken), wake_ok=sum(w["ok"] for w in woken),
-            wake_lost=sum(w["missing"] + w["dups"] for w in woken),
-            wake_errors=sorted({str(e)[:200] for w in woken for e in w["errors"]})[:5],
-            wake_turn_p50_ms=percentile(ms, 50), wake_turn_p99_ms=percentile(ms, 99),
-        )
-        log(f"  {label}: woke {len(woken)} ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok {out['wake_ok']},"
+        out.update(await turns_in_waves(bench, server, {s: last[s] for s in chosen}))
+        log(f"  {label}: woke {out['woken']} ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok {out['wake_ok']},"
             f" events lost or repeated {out['wake_lost']}; POST -> result p50 {out['wake_turn_p50_ms']:.0f} ms,"
             f" p99 {out['wake_turn_p99_ms']:.0f} ms")
     finally:

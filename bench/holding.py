@@ -34,9 +34,10 @@ from bench.hibernation import (
     counts,
     create,
     fast_launcher,
+    turns_in_waves,
     turns_on,
 )
-from bench.sandbox import fmt_ms, log, percentile
+from bench.sandbox import fmt_ms, log
 from bench.servers import Ours
 
 if TYPE_CHECKING:
@@ -105,20 +106,8 @@ async def phase_hold(bench: Bench) -> dict[str, Any]:
             f" (target <= {TARGET_KIB:g})")
 
         chosen = random.Random(11).sample(sorted(last_seq), min(wakes, len(last_seq)))
-        woken: list[dict[str, Any]] = []
-        t = time.monotonic()
-        for start in range(0, len(chosen), WAKE_WAVE):
-            wave = chosen[start:start + WAKE_WAVE]
-            woken += await turns_on(bench, server, {s: last_seq[s] for s in wave})
-        out["wake_s"] = time.monotonic() - t
-        ms = [w["ms"] for w in woken if w["ms"] is not None]
-        out.update(
-            woken=len(woken), wake_ok=sum(w["ok"] for w in woken),
-            wake_lost=sum(w["missing"] + w["dups"] for w in woken),
-            wake_errors=sorted({str(e)[:200] for w in woken for e in w["errors"]})[:5],
-            wake_turn_p50_ms=percentile(ms, 50), wake_turn_p99_ms=percentile(ms, 99),
-        )
-        log(f"  a turn on {len(woken)} at random ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok"
+        out.update(await turns_in_waves(bench, server, {s: last_seq[s] for s in chosen}))
+        log(f"  a turn on {out['woken']} at random ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok"
             f" {out['wake_ok']}, events lost or repeated {out['wake_lost']}; POST -> result p50"
             f" {fmt_ms(out['wake_turn_p50_ms'])} ms, p99 {fmt_ms(out['wake_turn_p99_ms'])} ms")
     finally:
