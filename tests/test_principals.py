@@ -369,3 +369,27 @@ async def test_a_principal_at_its_share_of_sessions_gets_429_and_nobody_else_doe
         mine = next(body["session_id"] for status, body, _ in answers if status == 200)
         assert await alice.delete(mine) == 204
         assert (await alice.request("POST", "/sessions", {}))[0] == 200  # room again
+
+
+async def test_a_shelved_session_is_404_to_others_on_every_route_and_stays_shelved(
+    start_daemon: Callable[..., Any], idp: Idp, tmp_path: Path
+) -> None:
+    # A shelved session is judged from its index entry: another principal's request is
+    # refused before anything is loaded from the store (it stays shelved, nothing reaches it).
+    from tests.test_shelf import SHELVING, healthz, until_shelved
+    from tests.test_sqlite_store import sqlite_overrides
+
+    overrides = {**sqlite_overrides(tmp_path / "sessions.db", **SHELVING), **auth_overrides(idp)}
+    daemon = await start_daemon(overrides, AUTH_ENV)
+    async with api_for(daemon, OPS_TOKEN) as ops, api_for(daemon, idp.token("alice")) as alice, \
+            api_for(daemon, BOT_TOKEN) as bot:
+        session_id = await alice.create()
+        await until_shelved(ops, 1)
+        theirs = await every_route(bot, session_id)
+        unknown = await every_route(bot, UNKNOWN_ID)
+        for (route, status, body), (_, unknown_status, _) in zip(theirs, unknown, strict=True):
+            assert status == unknown_status == 404, (route, status, body)
+            assert body == not_found_body(session_id), route
+        assert (await healthz(ops))["shelved_sessions"] == 1, "an intruder's request loaded it"
+        status, info, _ = await alice.request("GET", f"/sessions/{session_id}")
+        assert status == 200 and info["owner"] == "jwt:alice", info
