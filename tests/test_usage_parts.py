@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import math
 import os
 from typing import Any
 
@@ -14,8 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_webkitd.config import BudgetConfig, PriceConfig
+from agent_webkitd.metrics import Metrics
+from agent_webkitd.stores.memory import MemoryStore
 from agent_webkitd.usage.budgets import Budgets
-from agent_webkitd.usage.meter import ResponseMeter
+from agent_webkitd.usage.ledger import Ledger
+from agent_webkitd.usage.meter import TAIL_WINDOW, ResponseMeter
 from agent_webkitd.usage.model import Usage
 from agent_webkitd.usage.prices import Prices
 
@@ -33,7 +37,7 @@ STREAM = b"".join([
     sse({"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": START}}),
     sse({"type": "ping"}),
     *(sse({"type": "content_block_delta", "index": 0,
-           "delta": {"type": "text_delta", "text": f"word {i} \"usage\" "}}) for i in range(20)),
+           "delta": {"type": "text_delta", "text": f"word {i} \"usage\" "}}) for i in range(200)),
     sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 321}}),
     sse({"type": "message_stop"}),
 ])
@@ -55,6 +59,21 @@ def test_a_stream_cut_anywhere_meters_the_same_skipping_what_the_gateway_skips(c
     assert meter.usage == EXPECTED and meter.model == "claude-sonnet-4-5"
     # Known in the very chunk that completes message_delta: counted before it is passed on.
     assert final_in is not None and final_in[0] <= delta_line_end < final_in[1]
+
+
+def test_a_long_stream_is_searched_whole_only_until_message_start() -> None:
+    """The text of a long response is not searched (only each chunk's tail), yet a chunk
+    holding the whole response, or its tail end, still yields every figure."""
+    assert len(STREAM) > 4 * TAIL_WINDOW
+    whole = ResponseMeter(streamed=True)
+    assert whole.feed(STREAM) and whole.usage == EXPECTED
+    head, body = STREAM.index(b"event: ping"), STREAM.rindex(b"event: message_delta")
+    meter = ResponseMeter(streamed=True)
+    assert meter.wants(STREAM[:head]) and not meter.feed(STREAM[:head])
+    assert meter.scan_from == -TAIL_WINDOW
+    assert not meter.wants(STREAM[head:body])  # 20 KiB of text: not searched
+    assert meter.wants(STREAM[head - 5:]) and meter.feed(STREAM[body:])
+    assert meter.usage == EXPECTED
 
 
 def test_a_json_response_is_metered_at_its_end_and_newer_cumulative_input_figures_win() -> None:
@@ -116,3 +135,22 @@ def test_budget_windows_end_at_utc_midnight_and_at_the_month_s_end() -> None:
     feb = datetime.datetime(2028, 2, 10, tzinfo=datetime.UTC)
     over = budgets.check("jwt:alice", {"2028-02-01": Usage(1000)}, feb)
     assert over is not None and over.resets_at == datetime.datetime(2028, 3, 1, tzinfo=datetime.UTC)
+
+
+def test_the_room_left_is_the_nearest_limit_and_a_ledger_refuses_once_it_is_spent() -> None:
+    budgets = Budgets([BudgetConfig(principal="*", tokens_per_day=100, tokens_per_month=150),
+                       BudgetConfig(principal="jwt:alice", usd_per_day=2.0)])
+    now = datetime.datetime(2026, 12, 31, 22, 30, tzinfo=datetime.UTC)
+    assert budgets.room("token:bob", {"2026-12-31": Usage(30), "2026-12-01": Usage(90)}, now) == (30, math.inf)
+    assert budgets.room("jwt:alice", {"2026-12-31": Usage(10**9, usd=0.5)}, now) == (math.inf, 1.5)
+    # The ledger counts the room down: the response that spends it makes the very next
+    # request a refusal (not one a second later, when the verdict would expire).
+    ledger = Ledger(MemoryStore(), Prices({}), Budgets([BudgetConfig(principal="*", tokens_per_day=100)]),
+                    Metrics(), shared=False)
+    ledger.adopt("s", "token:bob", None)
+    assert ledger.refuse("s") is None
+    ledger.count("s", None, Usage(60, requests=1))
+    assert ledger.refuse("s") is None
+    ledger.count("s", None, Usage(40, requests=1))
+    over = ledger.refuse("s")
+    assert over is not None and over.limit == "tokens_per_day"

@@ -257,7 +257,8 @@ class ModelGateway:
             )
             meter = None
             if metered is not None and self._ledger is not None and upstream.status == 200:
-                meter = ResponseMeter(streamed=upstream.content_type == "text/event-stream")
+                kind = upstream.headers.get("Content-Type", "")[:17].lower()
+                meter = ResponseMeter(streamed=kind == "text/event-stream")
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
@@ -265,7 +266,11 @@ class ModelGateway:
                     # (bytes.find: half the cost of `in`, which goes through the buffer API).
                     if (
                         meter is not None
-                        and (meter.eager or chunk[-1] != NEWLINE or chunk.find(USAGE_KEY) >= 0)
+                        and (
+                            meter.eager
+                            or chunk[-1] != NEWLINE
+                            or chunk.find(USAGE_KEY, meter.scan_from) >= 0
+                        )
                         and meter.feed(chunk)
                     ):
                         self._count(metered, meter)  # before the CLI can see the end

@@ -9,6 +9,7 @@ over until that window ends (the latest end, when several limits are reached).
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,16 +77,42 @@ class Budgets:
         elif _reached(budget.usd_per_day, today.usd):
             over = OverBudget("usd_per_day", day_end(now))
         if budget.tokens_per_month or budget.usd_per_month:  # a month's end is the later one
-            month = Usage()
-            first = month_start(now).isoformat()
-            for day, usage in days.items():
-                if day >= first:
-                    month.add(usage)
+            month = _month(days, now)
             if _reached(budget.tokens_per_month, month.tokens):
                 over = OverBudget("tokens_per_month", month_end(now))
             elif _reached(budget.usd_per_month, month.usd):
                 over = OverBudget("usd_per_month", month_end(now))
         return over
+
+    def room(
+        self, principal: str, days: Mapping[str, Usage], now: datetime.datetime
+    ) -> tuple[float, float]:
+        """Tokens and USD that can still be spent before the nearest limit is reached
+        (inf: no such limit). The ledger counts them down instead of checking again."""
+        budget = self.of(principal)
+        if budget is None:
+            return math.inf, math.inf
+        today = days.get(now.date().isoformat(), Usage())
+        month = _month(days, now) if budget.tokens_per_month or budget.usd_per_month else Usage()
+        tokens = _left(
+            (budget.tokens_per_day, today.tokens), (budget.tokens_per_month, month.tokens)
+        )
+        usd = _left((budget.usd_per_day, today.usd), (budget.usd_per_month, month.usd))
+        return tokens, usd
+
+
+def _month(days: Mapping[str, Usage], now: datetime.datetime) -> Usage:
+    month = Usage()
+    first = month_start(now).isoformat()
+    for day, usage in days.items():
+        if day >= first:
+            month.add(usage)
+    return month
+
+
+def _left(*limits: tuple[float, float]) -> float:
+    """The least of (allowed - spent) over the limits that are set (0: no such limit)."""
+    return min((allowed - spent for allowed, spent in limits if allowed > 0), default=math.inf)
 
 
 def _reached(allowed: float, spent: float) -> bool:

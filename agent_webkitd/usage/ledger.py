@@ -15,19 +15,36 @@ import asyncio
 import datetime
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
 from ..metrics import Metrics
-from .budgets import Budgets, OverBudget, month_start
+from .budgets import Budgets, OverBudget, day_end, month_start
 from .model import METRIC_KINDS, DayUsage, Usage, UsageRecord, utc_day
 from .prices import Prices
 
 log = structlog.get_logger(__name__)
 
 REFRESH_S = 5.0
-VERDICT_S = 1.0  # a principal's budget verdict is reused this long, unless it spends meanwhile
+VERDICT_S = 1.0  # a principal's budget verdict is reused this long, unless its room runs out
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A principal's budget standing, reused by the gateway before every model request.
+
+    Not over: the tokens and USD it can still spend (`Budgets.room`) are counted down as
+    responses are counted, and the verdict is dropped when either runs out, so a request
+    costs a subtraction rather than a budget check. Either way it expires after
+    VERDICT_S: a window that ends (midnight UTC) or other hosts' spending is seen then.
+    """
+
+    over: OverBudget | None
+    until: float  # monotonic
+    tokens_left: float
+    usd_left: float
 
 
 class UsageStore(Protocol):
@@ -55,24 +72,22 @@ class Ledger:
         metrics: Metrics,
         *,
         shared: bool,
-        clock: Callable[[], datetime.datetime] = utc_now,
     ) -> None:
         self.prices = prices
         self.budgets = budgets
         self._store = store
         self._metrics = metrics
         self._shared = shared
-        self._clock = clock
         self._sessions: dict[str, Usage] = {}  # session id -> its totals (sessions held here)
         self._owners: dict[str, str] = {}  # session id -> its principal
         self._days: dict[str, dict[str, Usage]] = {}  # principal -> day -> usage (this month)
         self._refresh_task: asyncio.Task[None] | None = None
-        # principal -> (over budget or not, valid until (monotonic)): the gateway asks
-        # before every model request, the answer changes only when it spends or a window ends.
-        self._verdicts: dict[str, tuple[OverBudget | None, float]] = {}
-        # Tokens counted since the last scrape, by (principal, kind): the counter is
-        # updated at scrape time (`flush_metrics`), not on every response.
-        self._unscraped: dict[tuple[str, str], int] = {}
+        self._verdicts: dict[str, Verdict] = {}  # principal -> its standing (see Verdict)
+        # Usage counted since the last scrape, by principal: the token counter is updated
+        # at scrape time (`flush_metrics`), not on every response.
+        self._unscraped: dict[str, Usage] = {}
+        self._day = ""  # the current UTC day (YYYY-MM-DD), until _day_end (unix time)
+        self._day_end = 0.0
         # Called when a turn's model request is refused: the session tells its stream.
         self.on_refused: Callable[[str, OverBudget], None] = lambda session_id, over: None
 
@@ -122,29 +137,45 @@ class Ledger:
         return over
 
     def count(self, session_id: str, model: str | None, usage: Usage) -> None:
-        """One response's usage (`usage.requests` is 1): add it everywhere it counts."""
+        """One response's usage (`usage.requests` is 1): add it everywhere it counts.
+        This runs for every model response: keep it to additions."""
         usage.usd = self.prices.cost(model, usage)
         principal = self._owners.get(session_id, "")
-        for name, kind in METRIC_KINDS.items():
-            key = (principal, kind)
-            self._unscraped[key] = self._unscraped.get(key, 0) + getattr(usage, name)
+        unscraped = self._unscraped.get(principal)
+        if unscraped is None:
+            unscraped = self._unscraped[principal] = Usage()
+        unscraped.add(usage)
         totals = self._sessions.get(session_id)
         if totals is not None:
             totals.add(usage)
         if not principal:  # a warm CLI's request before its session existed
             log.warning("usage_unattributed", session_id=session_id, tokens=usage.tokens)
             return
-        day = utc_day(self._clock())
-        self._days.setdefault(principal, {}).setdefault(day, Usage()).add(usage)
-        self._verdicts.pop(principal, None)
-        self._store.add_usage(UsageRecord(session_id, principal, day, usage))
+        if time.time() >= self._day_end:  # a float compare, not a datetime, per response
+            now = utc_now()
+            self._day, self._day_end = utc_day(now), day_end(now).timestamp()
+        days = self._days.get(principal)
+        if days is None:
+            days = self._days[principal] = {}
+        today = days.get(self._day)
+        if today is None:
+            today = days[self._day] = Usage()
+        today.add(usage)
+        verdict = self._verdicts.get(principal)
+        if verdict is not None:
+            verdict.tokens_left -= usage.tokens
+            verdict.usd_left -= usage.usd
+            if verdict.tokens_left <= 0 or verdict.usd_left <= 0:
+                del self._verdicts[principal]  # the next request checks the budget
+        self._store.add_usage(UsageRecord(session_id, principal, self._day, usage))
 
     def flush_metrics(self) -> None:
         """Just before a scrape: the tokens counted since the last one, into the counter."""
-        for (principal, kind), tokens in self._unscraped.items():
-            if tokens:
-                labels = {"principal": self._metrics.principal_label(principal), "kind": kind}
-                self._metrics.model_tokens.add(labels, tokens)
+        for principal, usage in self._unscraped.items():
+            for name, kind in METRIC_KINDS.items():
+                if tokens := getattr(usage, name):
+                    labels = {"principal": self._metrics.principal_label(principal), "kind": kind}
+                    self._metrics.model_tokens.add(labels, tokens)
         self._unscraped.clear()
 
     # -- budgets and queries ------------------------------------------------------------
@@ -153,11 +184,13 @@ class Ledger:
         if not self.budgets.configured:
             return None
         now = time.monotonic()
-        cached = self._verdicts.get(principal)
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        over = self.budgets.check(principal, self._days.get(principal, {}), self._clock())
-        self._verdicts[principal] = (over, now + VERDICT_S)
+        verdict = self._verdicts.get(principal)
+        if verdict is not None and now < verdict.until:
+            return verdict.over
+        days, today = self._days.get(principal, {}), utc_now()
+        over = self.budgets.check(principal, days, today)
+        tokens, usd = self.budgets.room(principal, days, today) if over is None else (0.0, 0.0)
+        self._verdicts[principal] = Verdict(over, now + VERDICT_S, tokens, usd)
         return over
 
     async def days(self, principal: str | None, since: str, until: str) -> list[DayUsage]:
@@ -176,7 +209,7 @@ class Ledger:
 
     async def _load(self) -> None:
         """This month's days, from the store: what budgets count."""
-        now = self._clock()
+        now = utc_now()
         rows = await self._store.usage_days(None, month_start(now).isoformat(), utc_day(now))
         first = month_start(now).isoformat()
         for principal in list(self._days):  # a new month: last month's days are done

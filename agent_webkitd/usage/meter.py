@@ -4,7 +4,11 @@ A streamed response (`text/event-stream`) says its usage twice: `message_start` 
 the input side (input, cache-write and cache-read tokens), `message_delta` near the end
 the cumulative output (and, from newer APIs, cumulative input figures too, which win). A
 plain JSON response has one `usage` in its body. Only lines that mention `"usage"` are
-decoded, so the many content deltas of a stream cost a substring search each.
+decoded, so the many content deltas of a stream cost a substring search each. Once
+`message_start` has passed, only each chunk's last TAIL_WINDOW bytes are searched: the
+API sends nothing after `message_delta` but `message_stop` (and perhaps a ping), so the
+usage still to come is always near the end of the chunk that holds it, and a long
+response's text is not searched at all.
 
 `feed` is called with each chunk *before* it is passed on, and says when the final usage
 has just become known: the gateway records it then, so by the time the CLI has read
@@ -26,16 +30,23 @@ MAX_JSON_BODY = 8 * 1024 * 1024  # a non-streamed response larger than this is n
 MAX_LINE = 1024 * 1024  # a partial SSE line kept between chunks
 USAGE_KEY = b'"usage"'  # raw quotes: inside a JSON string they would be escaped
 NEWLINE = ord("\n")
+MAX_CHUNK = 1 << 62  # "from the start", as an offset from a chunk's end
+TAIL_WINDOW = 2048  # bytes searched at a chunk's end once message_start has passed
 
 
 class ResponseMeter:
     """One response's usage, from its bytes."""
+
+    __slots__ = ("_body", "_body_bytes", "eager", "final", "model", "scan_from", "tail", "usage")
 
     def __init__(self, streamed: bool) -> None:
         self.model: str | None = None
         self.usage: Usage | None = None  # what is known so far (None: nothing yet)
         self.final = False  # the figures cannot change any more
         self.tail = b""  # a stream's partial last line
+        # Where `find` starts, from a chunk's end: everywhere, then (message_start seen)
+        # its last TAIL_WINDOW bytes. Negative: bytes.find counts it from the end.
+        self.scan_from = -MAX_CHUNK
         self._body: list[bytes] | None = None if streamed else []
         # `feed` must see the next chunk whatever it holds: a JSON body is kept whole, a
         # partial line is completed.
@@ -44,6 +55,8 @@ class ResponseMeter:
 
     def feed(self, chunk: bytes) -> bool:
         """Take the next chunk; True once, when the final usage has just become known."""
+        if self.final:
+            return False
         if self._body is not None:
             self._body_bytes += len(chunk)
             if self._body_bytes <= MAX_JSON_BODY:
@@ -59,18 +72,17 @@ class ResponseMeter:
         self.eager = bool(self.tail)
         # Only the lines that mention "usage" are decoded: a chunk holding a whole
         # response (a proxy or a busy loop coalesces them) costs a search, not a split.
-        at = chunk.find(USAGE_KEY, 0, end)
-        while at >= 0:
+        stop = 0
+        while (at := chunk.find(USAGE_KEY, max(stop, end + self.scan_from), end)) >= 0:
             start = chunk.rfind(b"\n", 0, at) + 1
             stop = chunk.find(b"\n", at, end)
             if chunk.startswith(b"data:", start):
                 self._event(chunk[start + 5 : stop])
-            at = chunk.find(USAGE_KEY, stop, end)
         return self.final
 
     def wants(self, chunk: bytes) -> bool:
         """Whether `feed` must see this chunk (the gateway inlines the same test)."""
-        return self.eager or chunk[-1] != NEWLINE or chunk.find(USAGE_KEY) >= 0
+        return self.eager or chunk[-1] != NEWLINE or chunk.find(USAGE_KEY, self.scan_from) >= 0
 
     def finish(self) -> None:
         """The response has ended (or broke off): a JSON body is read now."""
@@ -89,6 +101,7 @@ class ResponseMeter:
             return
         kind = event.get("type")
         if kind == "message_start" and isinstance(event.get("message"), dict):
+            self.scan_from = -TAIL_WINDOW
             message = event["message"]
             self.model = _text(message.get("model"))
             if isinstance(message.get("usage"), dict):
@@ -98,14 +111,13 @@ class ResponseMeter:
             self.final = True
 
 
-def _usage(figures: dict[str, Any], base: Usage) -> Usage:
-    """`base` with every count `figures` gives replaced (the API's counts are cumulative)."""
-    out = base.copy()
+def _usage(figures: dict[str, Any], into: Usage) -> Usage:
+    """`into` with every count `figures` gives replaced (the API's counts are cumulative)."""
     for name in TOKEN_KINDS:
         value = figures.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            setattr(out, name, value)
-    return out
+        if type(value) is int and value >= 0:  # not a bool, not garbage
+            setattr(into, name, value)
+    return into
 
 
 def _json(raw: bytes) -> Any:

@@ -8,8 +8,8 @@ same shape is a session's totals, a principal's day, and one response's share.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 TOKEN_KINDS = (
     "input_tokens",
@@ -86,14 +86,14 @@ class Usage:
         return cls(int(i), int(o), int(cw), int(cr), int(requests), float(usd))
 
 
-@dataclass(frozen=True)
-class UsageRecord:
-    """One model response's usage, to add to its session's and its principal's day."""
+class UsageRecord(NamedTuple):
+    """One model response's usage, to add to its session's and its principal's day (a
+    tuple: one is made per model response)."""
 
     session_id: str
     principal: str
     day: str  # UTC, YYYY-MM-DD
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage
 
 
 @dataclass(frozen=True)
