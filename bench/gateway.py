@@ -8,6 +8,9 @@ client in a third process sends ROUNDS x REQUESTS requests, CONCURRENCY at a tim
 alternating between the two gateways. This process's CPU time per response (the two
 gateways are all it runs meanwhile) is compared: target <= 1.05x. Requests carry
 REQUEST_BYTES, the size of the real CLI's first request (measured with the stand-in).
+With two or more CPUs this process runs on one and the upstream and client on the others,
+so their work does not land in the gateways' samples (an A/A run of two plain gateways
+spreads 0.90-1.10 per pair unpinned, about half that pinned).
 
     .venv/bin/python -m bench.run --only gateway
 """
@@ -44,7 +47,7 @@ RESPONSE_DELTAS = 200  # a few hundred tokens of text, one SSE event each
 REQUEST_BYTES = 50_000  # the real CLI's first request of a session (system prompt, tools)
 REQUESTS = 200
 CONCURRENCY = 8
-ROUNDS = 20  # pairs; the median of their ratios (the noise here is about +-5% per pair)
+ROUNDS = 30  # pairs; the median of their ratios (the noise here is about +-5% per pair)
 TARGET = 1.05
 SESSION = "bench-session"
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,17 +111,25 @@ async def client_main(url: str, key: str, requests: int, concurrency: int) -> No
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _child(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+async def _child(cpus: set[int], *args: str) -> asyncio.subprocess.Process:
+    child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.gateway", *args, stdout=asyncio.subprocess.PIPE,
         cwd=ROOT)
+    os.sched_setaffinity(child.pid, cpus)
+    return child
 
 
-async def _round(gateway: ModelGateway, key: str) -> tuple[float, float]:
+def _split_cpus() -> tuple[set[int], set[int]]:
+    """(the gateways' CPU, the children's CPUs): apart when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus), set(cpus))
+
+
+async def _round(gateway: ModelGateway, key: str, cpus: set[int]) -> tuple[float, float]:
     """(CPU seconds of this process, wall seconds) for REQUESTS responses."""
     assert gateway.tcp_url is not None
     cpu, wall = time.process_time(), time.monotonic()
-    client = await _child("client", gateway.tcp_url, key, str(REQUESTS), str(CONCURRENCY))
+    client = await _child(cpus, "client", gateway.tcp_url, key, str(REQUESTS), str(CONCURRENCY))
     assert await client.wait() == 0, "the gateway client failed"
     return time.process_time() - cpu, time.monotonic() - wall
 
@@ -127,7 +138,9 @@ async def phase_gateway(bench: Bench | None = None) -> dict[str, Any]:
     # No per-request log lines: they cost both gateways alike and would hide the difference.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     port = 20000 + int(time.time() * 1000) % 20000
-    upstream = await _child("upstream", str(port))
+    mine, theirs = _split_cpus()
+    everywhere = os.sched_getaffinity(0)
+    upstream = await _child(theirs, "upstream", str(port))
     assert upstream.stdout is not None
     await upstream.stdout.readline()
     metrics = Metrics()
@@ -147,16 +160,18 @@ async def phase_gateway(bench: Bench | None = None) -> dict[str, Any]:
             keys[name] = gateway.issue_key(SESSION)
         samples: dict[str, list[float]] = {name: [] for name in gateways}
         walls: dict[str, list[float]] = {name: [] for name in gateways}
+        os.sched_setaffinity(0, mine)
         try:
             for name in gateways:  # warm-up, not counted
-                await _round(gateways[name], keys[name])
+                await _round(gateways[name], keys[name], theirs)
             for i in range(ROUNDS):
                 order = list(gateways) if i % 2 == 0 else list(reversed(gateways))
                 for name in order:
-                    cpu, wall = await _round(gateways[name], keys[name])
+                    cpu, wall = await _round(gateways[name], keys[name], theirs)
                     samples[name].append(cpu / REQUESTS * 1e6)
                     walls[name].append(wall)
         finally:
+            os.sched_setaffinity(0, everywhere)
             for gateway in gateways.values():
                 await gateway.stop()
             upstream.terminate()
