@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_webkitd.sessions.supervisor import SHELVED_EVICTIONS_AT_ONCE
 from tests.conftest import api_for
 from tests.test_hibernation import metric, model_views
 from tests.test_sqlite_store import contiguous, read_until, sigterm_and_wait, sqlite_overrides
@@ -82,19 +83,32 @@ async def test_a_get_loads_a_shelved_session_and_an_unknown_id_stays_404(start_d
         assert (await healthz(api))["live_sessions"] == 0
 
 
-async def test_a_shelved_session_still_idles_out(start_daemon: Any, tmp_path: Path) -> None:
+async def test_shelved_sessions_still_idle_out_a_few_loaded_at_a_time(start_daemon: Any, tmp_path: Path) -> None:
     overrides = sqlite_overrides(tmp_path / "sessions.db", **SHELVING)
     overrides["sessions"]["idle_timeout_s"] = 4
+    # Twelve warm CLIs: twelve creates within milliseconds, that idle out together.
+    cwd = tmp_path / "default-cwd"
+    cwd.mkdir()
+    overrides["agent"] = {"warm_agents": 12, "warm_agents_max": 12, "cwd": str(cwd), "sandbox": "none"}
     daemon = await start_daemon(overrides)
     async with api_for(daemon) as api:
-        session_id = await api.create()
-        await until_shelved(api, 1)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
+        while (await healthz(api))["warm_agents"] < 12:
+            assert time.monotonic() < deadline, "the pool never filled"
+            await asyncio.sleep(0.1)
+        made = await asyncio.gather(*(api.create() for _ in range(12)))
+        await until_shelved(api, 12)
+        deadline = time.monotonic() + 20
         while (await healthz(api))["live_sessions"]:
-            assert time.monotonic() < deadline, "the shelved session never idled out"
+            assert time.monotonic() < deadline, "the shelved sessions never idled out"
             await asyncio.sleep(0.2)
-        status, _, _ = await api.request("GET", f"/sessions/{session_id}")
-        assert status == 404
+        for session_id in made:
+            status, _, _ = await api.request("GET", f"/sessions/{session_id}")
+            assert status == 404
+    evictions = [line for line in daemon.logs().splitlines() if "session_idle_evicted" in line]
+    assert len(evictions) == 12
+    in_flight = [int(line.split('"evicting": ')[1].split(",")[0].rstrip("}")) for line in evictions]
+    assert max(in_flight) <= SHELVED_EVICTIONS_AT_ONCE, in_flight  # never all twelve at once
 
 
 async def test_a_restart_shelves_the_sessions_it_loads_and_they_work(start_daemon: Any, tmp_path: Path) -> None:

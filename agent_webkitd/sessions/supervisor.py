@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 # The idle sweep runs this often (or four times per idle timeout, if that is shorter),
 # so a session is evicted within about a second of its deadline.
 IDLE_SWEEP_S = 1.0
+# Shelved sessions idled out are loaded to be closed a few at a time, not 100,000 at once.
+SHELVED_EVICTIONS_AT_ONCE = 4
 # How often the drain checks whether every session is gone.
 DRAIN_POLL_S = 0.2
 
@@ -210,6 +212,8 @@ class Supervisor:
                 if watchdog.turn_idle_timeout_s:
                     session.watch_turn(watchdog.turn_idle_timeout_s, watchdog.turn_kill_grace_s)
             for entry in self.shelf.idle_past(timeout):
+                if len(self._evicting) >= SHELVED_EVICTIONS_AT_ONCE:
+                    break
                 if entry.session_id in self._evicting:  # loading it takes a moment
                     continue
                 self._evicting.add(entry.session_id)
@@ -511,7 +515,12 @@ class Supervisor:
 
     async def _evict_shelved(self, entry: ShelvedSession) -> None:
         """A shelved session idle past idle_timeout_s: loaded, to be closed like any other."""
-        log.info("session_idle_evicted", session_id=entry.session_id, shelved=True)
+        log.info(
+            "session_idle_evicted",
+            session_id=entry.session_id,
+            shelved=True,
+            evicting=len(self._evicting),
+        )
         try:
             session = await self._claimed_once(entry.session_id, None)
         except ApiError as exc:  # gone meanwhile, or the store is away: the next sweep
