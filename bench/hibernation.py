@@ -23,6 +23,7 @@ its time on, and the stand-in is not what is measured.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import random
@@ -131,6 +132,10 @@ async def turns_in_waves(bench: Bench, server: Server, cursors: dict[str, int]) 
         "wake_s": time.monotonic() - t, "woken": len(woken), "wake_ok": sum(w["ok"] for w in woken),
         "wake_lost": sum(w["missing"] + w["dups"] for w in woken),
         "wake_errors": sorted({str(e)[:200] for w in woken for e in w["errors"]})[:5],
+        # Why the others were not ok: the POST's answer, and whether a `result` came.
+        "wake_not_ok": dict(collections.Counter(
+            f"POST {w['post']}, result {'seen' if w['result_id'] is not None else 'not seen'}"
+            for w in woken if not w["ok"])),
         "wake_turn_p50_ms": percentile(ms, 50), "wake_turn_p99_ms": percentile(ms, 99),
     }
 
@@ -185,7 +190,8 @@ async def hold_sessions(bench: Bench, label: str, n: int, store_dsn: str | None)
         out.update(await turns_in_waves(bench, server, {s: last[s] for s in chosen}))
         log(f"  {label}: woke {out['woken']} ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok {out['wake_ok']},"
             f" events lost or repeated {out['wake_lost']}; POST -> result p50 {out['wake_turn_p50_ms']:.0f} ms,"
-            f" p99 {out['wake_turn_p99_ms']:.0f} ms")
+            f" p99 {out['wake_turn_p99_ms']:.0f} ms"
+            + (f"; not ok: {out['wake_not_ok']}" if out["wake_not_ok"] else ""))
     finally:
         out["stop"] = await bench.stop(server)
     return out

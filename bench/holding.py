@@ -109,7 +109,8 @@ async def phase_hold(bench: Bench) -> dict[str, Any]:
         out.update(await turns_in_waves(bench, server, {s: last_seq[s] for s in chosen}))
         log(f"  a turn on {out['woken']} at random ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok"
             f" {out['wake_ok']}, events lost or repeated {out['wake_lost']}; POST -> result p50"
-            f" {fmt_ms(out['wake_turn_p50_ms'])} ms, p99 {fmt_ms(out['wake_turn_p99_ms'])} ms")
+            f" {fmt_ms(out['wake_turn_p50_ms'])} ms, p99 {fmt_ms(out['wake_turn_p99_ms'])} ms"
+            + (f"; not ok: {out['wake_not_ok']}" if out["wake_not_ok"] else ""))
     finally:
         out["stop"] = await bench.stop(server)
     return out
