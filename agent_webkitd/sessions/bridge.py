@@ -2,7 +2,8 @@
 
 It knows the SDK's message types and the wire protocol's event shapes, nothing about
 HTTP. Facts it relies on (DESIGN.md §6): the CLI sends one `assistant` frame per content
-block, all sharing one message id, so blocks accumulate per id; `total_cost_usd` is
+block, all sharing one message id, so blocks accumulate per id (and a message is whole
+once the next one of the same agent, main or subagent, starts); `total_cost_usd` is
 cumulative; replayed user messages are not tool results; an interrupt while a permission
 is pending cancels the callback (the CLI's `control_cancel_request`).
 """
@@ -92,7 +93,9 @@ class Bridge:
         self.decisions = Decisions()
         self._on_decisions_changed = on_decisions_changed
         self._stream_message_id: dict[str | None, str] = {}  # parent_tool_use_id -> message id
-        self._blocks: dict[str, list[dict[str, Any]]] = {}  # message id -> blocks so far
+        # parent_tool_use_id -> (the message id, its blocks so far): one message per agent
+        # (the main one, or a subagent's), so a long turn keeps one message, not all of them.
+        self._blocks: dict[str | None, tuple[str, list[dict[str, Any]]]] = {}
         self._open_tool_uses: set[str] = set()  # announced tool_use ids without a result yet
         self._mcp_status: dict[str, str] = {}
         self._total_cost: float = 0.0
@@ -170,7 +173,11 @@ class Bridge:
     def _assistant(self, message: AssistantMessage) -> None:
         msg_id = message.message_id or message.uuid or f"msg_{id(message):x}"
         new_blocks = [block_to_wire(b) for b in message.content]
-        blocks = self._blocks.setdefault(msg_id, [])
+        parent = message.parent_tool_use_id
+        current = self._blocks.get(parent)
+        if current is None or current[0] != msg_id:
+            current = self._blocks[parent] = (msg_id, [])
+        blocks = current[1]
         blocks.extend(new_blocks)
         self.emit(
             "message_complete",
