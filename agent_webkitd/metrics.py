@@ -191,6 +191,9 @@ class Metrics:
         self.events_appended = Counter(
             "agent_webkit_events_appended_total", "Events appended to session logs.", registry=r
         )
+        # Counted as a plain int on the event path (Counter.inc costs ~0.8 µs an event)
+        # and copied into the counter when /metrics is rendered.
+        self.events_appended_n = 0
         self.turn_duration = Histogram(
             "agent_webkit_turn_duration_seconds",
             "From sending a user message to the CLI to its result.",
@@ -264,5 +267,6 @@ class Metrics:
         return value
 
     def render(self, accept: list[str]) -> tuple[bytes, dict[str, str]]:
+        self.events_appended.set({}, self.events_appended_n)
         body, headers = render(self.registry, accept)
         return body, dict(headers)

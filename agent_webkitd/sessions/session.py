@@ -571,7 +571,7 @@ class Session:
     def emit(self, name: str, data: dict[str, Any]) -> int:
         if self.log.closed:
             return self.log.last_seq
-        self.metrics.events_appended.inc({})
+        self.metrics.events_appended_n += 1
         return self.log.append(name, data)
 
     def _set_state(self, state: str) -> None:
