@@ -54,7 +54,8 @@ Phases (all by default; `--only` picks some, `--no-scale` drops scale and hibern
            process, against the probe idle (bench/files.py)
   gateway  ours only: the model gateway's CPU per proxied streamed response with usage accounting
            (meter, ledger, budget check, prices) against without, rounds interleaved; target
-           <= 1.05x (bench/gateway.py)
+           <= 1.05x; responses as fast as loopback allows (the worst case), then paced as a
+           model streams (bench/gateway.py)
   cluster  ours only: three daemons on one PostgreSQL behind a real nginx with
            conf/nginx-cluster.conf, 300 sessions (quick 60) each with a stream and a message every
            ~10 s (quick 5), then a rolling restart of the three hosts: how long it took, the
