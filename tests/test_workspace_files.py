@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from agent_webkitd.agents import workspace_files as files
 from tests.conftest import TOKEN, Daemon, api_for
 from tests.standin.fixtures import fake_model_url
 from tests.test_sandbox import (
@@ -118,6 +120,24 @@ async def test_uploads_over_a_limit_are_refused_whole(start_daemon: Callable[...
         assert (await put(api, session, "a.bin", b"a" * 6000))[0] == 200  # a replacement fits
         left = sorted(p.name for p in workspace.iterdir() if p.name != "cli-log.jsonl")
         assert left == ["a.bin"]  # nothing partial left
+
+
+def test_a_replacement_is_swapped_in_whole_and_a_folder_put_there_meanwhile_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"old")
+    upload = files.Upload(str(tmp_path), "a.bin")
+    upload.write([b"new ", b"content"])
+    assert upload.commit() is False
+    assert (tmp_path / "a.bin").read_bytes() == b"new content"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # the old file is gone, no temporary left
+    # The agent swaps a folder in between the upload's start and its end: the folder stays.
+    upload = files.Upload(str(tmp_path), "a.bin")
+    upload.write([b"newer"])
+    (tmp_path / "a.bin").unlink()
+    (tmp_path / "a.bin").mkdir()
+    (tmp_path / "a.bin" / "kept").write_text("mine")
+    with pytest.raises(files.BadPath):
+        upload.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"] and (tmp_path / "a.bin" / "kept").read_text() == "mine"
 
 
 async def test_a_hibernated_session_is_served_without_waking(start_daemon: Callable[..., Any]) -> None:

@@ -6,13 +6,18 @@ resolved by the kernel, one component at a time from a directory descriptor with
 O_NOFOLLOW (a symlink anywhere on the path is refused, never followed), not by string
 checks on a joined path. Only regular files are read; a FIFO, socket or device is refused
 before it is opened, so none can hang the daemon. Writes land in a temporary file beside
-the target and are renamed into place: a failed or refused upload leaves nothing. Every
-function here blocks: callers run them in a thread.
+the target and are renamed into place: a failed or refused upload leaves nothing. A file
+that replaces another is swapped in with renameat2(RENAME_EXCHANGE) and the old one
+unlinked: a plain rename over an existing file makes ext4 write the new file's data out
+first (6-10 ms for 10 MiB here); uploads are not fsynced either way. Every function here
+blocks: callers run them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import stat
@@ -25,6 +30,8 @@ MAX_PATH_BYTES = 4096
 MAX_LISTED = 10_000
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 UPLOAD_PREFIX = ".upload-"
+RENAME_EXCHANGE = 2  # linux/fs.h
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
 class BadPath(ValueError):
@@ -164,6 +171,19 @@ def used_bytes(root: str) -> int:
         return sum(st.st_size for _, st in _walk(fd, "") if stat.S_ISREG(st.st_mode))
 
 
+def _exchange(dir_fd: int, a: str, b: str) -> bool:
+    """Swap two names in one directory at once; False where the kernel, libc or
+    filesystem cannot (or `b` is gone), for the caller to rename instead."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(dir_fd, os.fsencode(a), dir_fd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), b)
+
+
 class Upload:
     """One file being written: a temporary file beside the target, renamed into place by
     `commit`, removed by `abort`."""
@@ -185,18 +205,37 @@ class Upload:
         self.fd = os.open(self._temp, flags, 0o600, dir_fd=self._parent)
         self.written = 0
 
-    def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.written += len(chunk)
+    def write(self, chunks: list[bytes]) -> None:
+        """Append `chunks` (the caller adds them to `written` as it hands them over: its
+        limits count a batch still being written)."""
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view) :]
 
     def commit(self) -> bool:
         """Into place; True if it created the file (False: it replaced one)."""
         os.close(self.fd)
-        os.replace(self._temp, self.name, src_dir_fd=self._parent, dst_dir_fd=self._parent)
-        os.close(self._parent)
+        try:
+            if self.replaces is not None and _exchange(self._parent, self._temp, self.name):
+                self._drop_swapped()
+            else:
+                os.replace(self._temp, self.name, src_dir_fd=self._parent, dst_dir_fd=self._parent)
+        finally:
+            os.close(self._parent)
         return self.replaces is None
+
+    def _drop_swapped(self) -> None:
+        """After the exchange the temporary name holds what was there: remove it. The
+        agent may have put a folder there meanwhile: swap back and refuse, as a rename
+        over a folder would."""
+        try:
+            os.unlink(self._temp, dir_fd=self._parent)
+        except IsADirectoryError:
+            _exchange(self._parent, self._temp, self.name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp, dir_fd=self._parent)
+            raise BadPath(f"{self.name} is a folder") from None
 
     def abort(self) -> None:
         os.close(self.fd)
