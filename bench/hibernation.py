@@ -113,7 +113,7 @@ async def turns_on(bench: Bench, server: Server, cursors: dict[str, int]) -> lis
         out.append({
             "sid": sid, "ok": ok, "post": code if isinstance(code, int) else repr(code),
             "missing": sub.get("missing", 0), "dups": sub.get("dups", 0), "errors": sub.get("errors", []),
-            "result_id": sub.get("result_id"),
+            "result_id": sub.get("result_id"), "stopped": f"{sub.get('reason')} {sub.get('status')}",
             "ms": (sub["result_t"] - posted[sid]) * 1000 if sub.get("result_t") else None,
         })
     return out
@@ -134,8 +134,10 @@ async def turns_in_waves(bench: Bench, server: Server, cursors: dict[str, int]) 
         "wake_errors": sorted({str(e)[:200] for w in woken for e in w["errors"]})[:5],
         # Why the others were not ok: the POST's answer, and whether a `result` came.
         "wake_not_ok": dict(collections.Counter(
-            f"POST {w['post']}, result {'seen' if w['result_id'] is not None else 'not seen'}"
+            f"POST {w['post']}, result {'seen' if w['result_id'] is not None else 'not seen'},"
+            f" stream stopped: {w['stopped']}"
             for w in woken if not w["ok"])),
+        "wake_not_ok_ids": [w["sid"] for w in woken if not w["ok"]][:10],
         "wake_turn_p50_ms": percentile(ms, 50), "wake_turn_p99_ms": percentile(ms, 99),
     }
 

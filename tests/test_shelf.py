@@ -83,6 +83,27 @@ async def test_a_get_loads_a_shelved_session_and_an_unknown_id_stays_404(start_d
         assert (await healthz(api))["live_sessions"] == 0
 
 
+async def test_a_session_loaded_for_a_request_is_not_shelved_again_at_once(start_daemon: Any, tmp_path: Path) -> None:
+    """Loaded from the shelf, a session was idle as long as it was shelved: unless the
+    request that loaded it counts as activity, the next sweep shelves it again before the
+    stream that asked for it attaches, and that stream ends with the old copy (seen in
+    the hold bench: a stream closed before its turn's result, 3 in 1,000)."""
+    overrides = sqlite_overrides(tmp_path / "sessions.db", **SHELVING)
+    overrides["sessions"]["shelve_after_s"] = 3
+    daemon = await start_daemon(overrides)
+    async with api_for(daemon) as api:
+        session_id = await api.create()
+        await until_shelved(api, 1, timeout=20)
+        await asyncio.sleep(1)  # shelved for a while: idle for longer than a sweep's period
+        status, body, _ = await api.request("GET", f"/sessions/{session_id}")
+        assert status == 200, body
+        loaded = time.monotonic()
+        while time.monotonic() - loaded < 2:
+            assert (await healthz(api))["shelved_sessions"] == 0, "shelved again right after its load"
+            await asyncio.sleep(0.1)
+        await until_shelved(api, 1)  # quiet for shelve_after_s since the GET: shelved
+
+
 async def test_shelved_sessions_still_idle_out_a_few_loaded_at_a_time(start_daemon: Any, tmp_path: Path) -> None:
     overrides = sqlite_overrides(tmp_path / "sessions.db", **SHELVING)
     overrides["sessions"]["idle_timeout_s"] = 4

@@ -502,6 +502,7 @@ class Supervisor:
                     await refile(session.spec, self.store, claimed.sdk_session_id)
             self.shelf.remove(session_id)  # nothing awaited from here to its registration
             await self._start(session)
+            session.touch()  # the request that loads it: not idle, not shelved again at once
         finally:
             self._starting -= 1
         (self.metrics.unshelvings if shelved else self.metrics.sessions_claimed).inc({})
@@ -515,12 +516,8 @@ class Supervisor:
 
     async def _evict_shelved(self, entry: ShelvedSession) -> None:
         """A shelved session idle past idle_timeout_s: loaded, to be closed like any other."""
-        log.info(
-            "session_idle_evicted",
-            session_id=entry.session_id,
-            shelved=True,
-            evicting=len(self._evicting),
-        )
+        in_flight = len(self._evicting)
+        log.info("session_idle_evicted", session_id=entry.session_id, evicting=in_flight)
         try:
             session = await self._claimed_once(entry.session_id, None)
         except ApiError as exc:  # gone meanwhile, or the store is away: the next sweep
