@@ -142,6 +142,11 @@ async def turns_in_waves(bench: Bench, server: Server, cursors: dict[str, int]) 
     }
 
 
+def not_ok_note(out: dict[str, Any]) -> str:
+    """For a log line: why turns were not ok, if any were not."""
+    return f"; not ok: {out['wake_not_ok']}" if out["wake_not_ok"] else ""
+
+
 async def hold_sessions(bench: Bench, label: str, n: int, store_dsn: str | None) -> dict[str, Any]:
     a = bench.args
     server = Ours(bench.tmp, label, max_sessions=n + 10, store_dsn=store_dsn,
@@ -193,7 +198,7 @@ async def hold_sessions(bench: Bench, label: str, n: int, store_dsn: str | None)
         log(f"  {label}: woke {out['woken']} ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok {out['wake_ok']},"
             f" events lost or repeated {out['wake_lost']}; POST -> result p50 {out['wake_turn_p50_ms']:.0f} ms,"
             f" p99 {out['wake_turn_p99_ms']:.0f} ms"
-            + (f"; not ok: {out['wake_not_ok']}" if out["wake_not_ok"] else ""))
+            + not_ok_note(out))
     finally:
         out["stop"] = await bench.stop(server)
     return out

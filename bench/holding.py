@@ -34,6 +34,7 @@ from bench.hibernation import (
     counts,
     create,
     fast_launcher,
+    not_ok_note,
     turns_in_waves,
     turns_on,
 )
@@ -110,7 +111,7 @@ async def phase_hold(bench: Bench) -> dict[str, Any]:
         log(f"  a turn on {out['woken']} at random ({WAKE_WAVE} at a time) in {out['wake_s']:.1f} s: ok"
             f" {out['wake_ok']}, events lost or repeated {out['wake_lost']}; POST -> result p50"
             f" {fmt_ms(out['wake_turn_p50_ms'])} ms, p99 {fmt_ms(out['wake_turn_p99_ms'])} ms"
-            + (f"; not ok: {out['wake_not_ok']}" if out["wake_not_ok"] else ""))
+            + not_ok_note(out))
     finally:
         out["stop"] = await bench.stop(server)
     return out

@@ -257,8 +257,7 @@ class ModelGateway:
             )
             meter = None
             if metered is not None and self._ledger is not None and upstream.status == 200:
-                kind = upstream.headers.get("Content-Type", "")[:17].lower()
-                meter = ResponseMeter(streamed=kind == "text/event-stream")
+                meter = ResponseMeter(streamed=upstream.content_type == "text/event-stream")
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
