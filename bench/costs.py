@@ -1,24 +1,30 @@
 """`make bench` phase `cost` (ours only): the daemon's own CPU per delivered event, next to
 the SDK's own CPU per frame, measured in the same run.
 
-  cost  For each N in --cost-sessions (default 1,200):
-        - the SDK alone (bench/sdk_alone.py, a subprocess): N bare ClaudeSDKClients on the
-          stand-in CLI, each in a cwd with the same scenario.json as the daemon's
-          sessions; its own CPU (RUSAGE_SELF: the CLIs excluded) per message received.
-          When a durable store is measured, again with the SDK's InMemorySessionStore as
-          `session_store` (the transcript mirror that store turns on).
-        - per store in --cost-store (default memory,sqlite), a daemon with N sessions of
-          that scenario, one raw-socket subscriber each; its utime + stime
-          (/proc/<pid>/stat: its CLI processes are not in it) per event the subscribers
-          received, and per SDK message (the SDK alone's count per turn); delivered
-          events/s (first POST to the last subscriber's `result`); events lost (must be
-          0); events per subscriber read (how many events one SSE write carried).
-        Both run a 50-event warm-up turn on every session (not counted), then T rounds of
-        one K-event turn (K = --cost-events, default 500) on all N together (the daemon's
-        N POSTs gathered; each subscriber from the previous `result` to this one's). T is
-        the fewest rounds that make --cost-min-events events (default 10,000): N = 1 runs
-        20 rounds, since /proc counts CPU in 10 ms ticks.
-        With --cost-profile, one more round at the top N under `py-spy record --pid`, in
+  cost  For each N in --cost-sessions (default 1,200) and each store in --cost-store
+        (default memory,sqlite):
+        - the SDK alone (bench/sdk_alone.py, a subprocess kept up for the pass): N bare
+          ClaudeSDKClients on the stand-in CLI, each in a cwd with the same scenario.json
+          as the daemon's sessions; its own CPU (RUSAGE_SELF: the CLIs excluded) per
+          message received. Beside a durable store, a second one with the SDK's
+          InMemorySessionStore as `session_store` (the transcript mirror that store turns on).
+        - a daemon with that store and N sessions of that scenario, one raw-socket
+          subscriber each; its utime + stime (/proc/<pid>/stat: its CLI processes are not
+          in it) per event the subscribers received, and per SDK message (the SDK alone's
+          count per turn); delivered events/s (first POST to the last subscriber's
+          `result`); events lost (must be 0); events per subscriber read (how many events
+          one SSE write carried); read(2) calls per event (its CLIs' pipes); its CPU while
+          idle between turns.
+        Each runs a 50-event warm-up turn on every session (not counted); then
+        --cost-pairs (default 5) rounds of each, alternating (SDK alone, with a mirror,
+        daemon, SDK alone, ...): the machine's load drifts over minutes, so a ratio of
+        rounds taken far apart measures the drift. A round is T turns of K events
+        (K = --cost-events, default 500) on all N together (the daemon's N POSTs
+        gathered; each subscriber from the previous `result` to this one's); T is the
+        fewest that make --cost-min-events events (default 10,000): N = 1 runs 20 turns
+        a round, since /proc counts CPU in 10 ms ticks. Reported: medians over the
+        rounds, and as the ratio the median of each round's own ratio (with its range).
+        With --cost-profile, one more turn at the top N under `py-spy record --pid`, in
         the SDK alone and in each daemon (not counted: py-spy takes CPU of its own); the
         collapsed stacks go to bench/results/cost-profile-<sdk|store>-<N>.txt, and the
         top functions by self and by inclusive time, the self time by area (the daemon's
@@ -39,6 +45,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -89,110 +96,145 @@ def rounds_for(n: int, k: int, min_events: int) -> int:
 
 async def phase_cost(bench: Bench) -> dict[str, Any]:
     a = bench.args
-    k, levels, stores = a.cost_events, a.cost_sessions, a.cost_stores
+    k, levels, stores, pairs = a.cost_events, a.cost_sessions, a.cost_stores, a.cost_pairs
     log(f"\n== cost (ours only): the daemon's CPU per delivered event vs the SDK alone's CPU per frame;"
         f" N sessions x 1 subscriber, K={k}-event turns started together"
-        f"{f' (K text deltas {a.cost_stream_ms:g} ms apart)' if a.cost_stream_ms else ''}; N in {levels}, stores {stores}"
+        f"{f' (K text deltas {a.cost_stream_ms:g} ms apart)' if a.cost_stream_ms else ''}; N in {levels}, stores {stores};"
+        f" {pairs} rounds of each, alternating; figures are medians, ratios the median of each round's ratio"
         f"{'; py-spy at N=' + str(max(levels)) if a.cost_profile else ''}")
-    out: dict[str, Any] = bench.results.setdefault("cost", {"k": k, "sdk": [], "runs": [], "profiles": []})
+    out: dict[str, Any] = bench.results.setdefault("cost", {"k": k, "pairs": pairs, "runs": [], "profiles": []})
     scenario = cost_scenario(k, a.cost_stream_ms)
     for n in levels:
         turns = rounds_for(n, k, a.cost_min_events)
-        profile = a.cost_profile and n == max(levels)
-        sdk = await sdk_alone(bench, n, turns, scenario, profile=profile)
-        out["sdk"].append(sdk)
-        log(f"  sdk alone  N={n:<4} {turns:>2} round(s): {sdk['us_per_frame']:6.1f} µs/frame"
-            f" ({sdk['cpu_s']:.2f} s CPU, {sdk['frames']:,} frames, {sdk['frames_per_turn']:.0f} per turn),"
-            f" {sdk['frames_per_s']:,.0f} frames/s")
-        if sdk.get("profile"):
-            out["profiles"].append(sdk.pop("profile"))
-            log(describe_profile(out["profiles"][-1]))
-        mirrored = None
-        if any(s != "memory" for s in stores):
-            mirrored = await sdk_alone(bench, n, turns, scenario, profile=False, mirror=True)
-            out.setdefault("sdk_mirror", []).append(mirrored)
-            log(f"  sdk alone, transcript mirror  N={n:<4}: {mirrored['us_per_frame']:6.1f} µs/frame"
-                f" ({mirrored['cpu_s']:.2f} s CPU), {mirrored['frames_per_s']:,.0f} frames/s")
-        for store in stores:
-            run = await daemon_pass(bench, n, store, turns, scenario, profile=profile)
-            if mirrored is not None and store != "memory":
-                run["sdk_mirror_us_per_frame"] = mirrored["us_per_frame"]
-                run["ratio_mirror"] = run["us_per_event"] / mirrored["us_per_frame"]
-            run["sdk_us_per_frame"] = sdk["us_per_frame"]
-            run["us_per_sdk_frame"] = run["cpu_s"] / (sdk["frames_per_turn"] * n * turns) * 1e6
-            run["ratio"] = run["us_per_event"] / sdk["us_per_frame"]
-            run["ratio_per_frame"] = run["us_per_sdk_frame"] / sdk["us_per_frame"]
+        for i, store in enumerate(stores):
+            profile = a.cost_profile and n == max(levels)
+            run = await store_pass(bench, n, store, turns, pairs, scenario, profile=profile, profile_sdk=profile and i == 0)
+            for p in run.pop("profiles", []):
+                out["profiles"].append(p)
+                log(describe_profile(p))
             out["runs"].append(run)
-            log(f"  daemon {store:<7} N={n:<4} {turns:>2} round(s): {run['us_per_event']:6.1f} µs/event"
+            log(f"  daemon {store:<7} N={n:<4} {pairs} x {turns} round(s): {run['us_per_event']:6.1f} µs/event"
                 f" ({run['loop_us_per_event']:.1f} of them the event loop's thread),"
-                f" {run['us_per_sdk_frame']:.1f} µs/SDK frame ({run['cpu_s']:.2f} s CPU,"
-                f" {run['delivered']:,} events, {run['events_per_turn']:.0f} per turn);"
-                f" {run['eps']:,.0f} events/s; lost {run['lost']}; wall {run['wall_s']:.2f} s;"
-                f" {run['events_per_read']:.1f} events per subscriber read,"
-                f" {run['loop_switches_per_event']:.2f} loop context switches per event;"
-                f" {run['ratio']:.2f}x the SDK alone"
-                + (f", {run['ratio_mirror']:.2f}x the SDK alone with a mirror" if "ratio_mirror" in run else ""))
-            if run.get("profile"):
-                out["profiles"].append(run.pop("profile"))
-                log(describe_profile(out["profiles"][-1]))
+                f" {run['us_per_sdk_frame']:.1f} µs/SDK frame ({run['delivered']:,} events, {run['events_per_turn']:.0f} per turn);"
+                f" {run['eps']:,.0f} events/s; lost {run['lost']}; {run['events_per_read']:.1f} events per subscriber read,"
+                f" {run['pipe_reads_per_event']:.2f} pipe reads per event; idle {run['idle_cpu_per_s'] * 100:.1f}% CPU")
+            log(f"    the SDK alone {run['sdk_us_per_frame']:.1f} µs/frame ({run['sdk_frames_per_s']:,.0f} frames/s):"
+                f" {run['ratio']:.2f}x (rounds {fmt_range(run['ratios'])})"
+                + (f"; with a transcript mirror {run['sdk_mirror_us_per_frame']:.1f} µs/frame: {run['ratio_mirror']:.2f}x"
+                   f" (rounds {fmt_range(run['ratios_mirror'])})" if "ratio_mirror" in run else ""))
     return out
+
+
+def fmt_range(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}x"
+
+
+async def store_pass(bench: Bench, n: int, store: str, turns: int, pairs: int, scenario: dict[str, Any],
+                     *, profile: bool, profile_sdk: bool) -> dict[str, Any]:
+    """One daemon with this store and the SDK alone beside it (and with a mirror, for a
+    durable store), their rounds alternating: `pairs` of each."""
+    sdks = {"plain": SdkAlone(bench, n, scenario, mirror=False)}
+    if store != "memory":
+        sdks["mirror"] = SdkAlone(bench, n, scenario, mirror=True)
+    try:
+        for sdk in sdks.values():
+            await sdk.start()
+        return await daemon_pass(bench, n, store, turns, pairs, scenario, sdks, profile=profile, profile_sdk=profile_sdk)
+    finally:
+        for sdk in sdks.values():
+            await sdk.close()
 
 
 # --- the SDK alone ------------------------------------------------------------------------
 
 
-async def sdk_alone(bench: Bench, n: int, turns: int, scenario: dict[str, Any],
-                    *, profile: bool, mirror: bool = False) -> dict[str, Any]:
-    from bench.run import RESULTS_DIR
+class SdkAlone:
+    """bench/sdk_alone.py as a subprocess that runs a measured round when asked."""
 
-    root = bench.tmp / f"cost-sdk-{n}{'-mirror' if mirror else ''}"
-    spy_out = RESULTS_DIR / f"cost-profile-sdk-{n}.txt"
-    if profile:
+    def __init__(self, bench: Bench, n: int, scenario: dict[str, Any], *, mirror: bool) -> None:
+        self.bench, self.n, self.scenario, self.mirror = bench, n, scenario, mirror
+        self.proc: asyncio.subprocess.Process | None = None
+        self.label = f"sdk_alone N={n}{' with a mirror' if mirror else ''}"
+
+    async def start(self) -> None:
+        root = self.bench.tmp / f"cost-sdk-{self.n}{'-mirror' if self.mirror else ''}-{time.monotonic_ns()}"
+        for i in range(self.n):
+            (root / str(i)).mkdir(parents=True)
+            (root / str(i) / "scenario.json").write_text(json.dumps(self.scenario))
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(SDK_ALONE), "--sessions", str(self.n), "--cli", str(cli_launcher(self.bench)),
+            "--dir", str(root), *(["--mirror"] if self.mirror else []),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, MARK_ENV: f"cost-sdk-{self.n}-{time.monotonic_ns()}"}, start_new_session=True,
+            limit=2**20,
+        )
+        await self.answer()  # connected and warmed up
+
+    async def answer(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), self.bench.args.cost_timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{self.label} did not answer in {self.bench.args.cost_timeout:g} s") from None
+        if not line:
+            await self.proc.wait()
+            err = (await self.proc.stderr.read()).decode(errors="replace")
+            raise RuntimeError(f"{self.label} exited {self.proc.returncode}: {err[-2000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{self.label}: {answer['error']}")
+        return answer
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        await self.proc.stdin.drain()
+        return await self.answer()
+
+    async def round(self, turns: int) -> dict[str, Any]:
+        result = await self.ask(f"round {turns}")
+        step = self.scenario["turns"][-1]["steps"][0]
+        expected = step.get("events", 1)  # a streamed turn is one message of many deltas
+        if result["kinds_per_turn"].get("AssistantMessage") != expected:
+            raise RuntimeError(f"{self.label}: {result['kinds_per_turn']} per turn, expected {expected} assistant messages")
+        return result
+
+    async def profile(self) -> dict[str, Any]:
+        from bench.run import RESULTS_DIR
+
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         py_spy()  # installed, or say so now
-    for i in range(n):
-        (root / str(i)).mkdir(parents=True)
-        (root / str(i) / "scenario.json").write_text(json.dumps(scenario))
-    mark = f"cost-sdk-{n}-{time.monotonic_ns()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(SDK_ALONE), "--sessions", str(n), "--turns", str(turns),
-        "--cli", str(cli_launcher(bench)), "--dir", str(root),
-        *(["--profile", str(spy_out), "--rate", str(PY_SPY_RATE)] if profile else []),
-        *(["--mirror"] if mirror else []),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, MARK_ENV: mark}, start_new_session=True,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), bench.args.cost_timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"sdk_alone N={n} did not finish in {bench.args.cost_timeout:g} s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"sdk_alone N={n} exited {proc.returncode}: {stderr.decode(errors='replace')[-2000:]}")
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    step = scenario["turns"][-1]["steps"][0]
-    expected = step.get("events", 1)  # a streamed turn is one message of many deltas
-    if result["kinds_per_turn"].get("AssistantMessage") != expected:
-        raise RuntimeError(f"sdk_alone N={n}: {result['kinds_per_turn']} per turn, expected {expected} assistant messages")
-    if profile:
-        result["profile"] = summarize_collapsed(spy_out.read_text())
-        result["profile"].update(store="none (the SDK alone)", n=n, path=str(spy_out.relative_to(RESULTS_DIR.parent.parent)))
-    return result
+        path = RESULTS_DIR / f"cost-profile-sdk-{self.n}.txt"
+        await self.ask(f"profile {path} {PY_SPY_RATE}")
+        summary = summarize_collapsed(path.read_text())
+        summary.update(store="none (the SDK alone)", n=self.n, path=str(path.relative_to(RESULTS_DIR.parent.parent)))
+        return summary
+
+    async def close(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # it disconnects its clients and exits
+        try:
+            await asyncio.wait_for(self.proc.wait(), 60)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
 
 
 # --- the daemon ---------------------------------------------------------------------------
 
 
-async def daemon_pass(bench: Bench, n: int, store: str, turns: int, scenario: dict[str, Any],
-                      *, profile: bool) -> dict[str, Any]:
+async def daemon_pass(bench: Bench, n: int, store: str, turns: int, pairs: int, scenario: dict[str, Any],
+                      sdks: dict[str, SdkAlone], *, profile: bool, profile_sdk: bool) -> dict[str, Any]:
     from bench.run import cpu_s, gather_limited
 
     label = f"ours-cost-{store}-{n}"
     sqlite_path = bench.tmp / label / "sessions.db" if store == "sqlite" else None
     ours = await bench.start(Ours(bench.tmp, label, max_sessions=n + 10, sqlite_path=sqlite_path,
                                   agent={"cli_path": str(cli_launcher(bench))}))
-    run: dict[str, Any] = {"n": n, "store": store, "turns": turns}
+    run: dict[str, Any] = {"n": n, "store": store, "turns": turns, "pairs": pairs}
     try:
         t = time.monotonic()
         made = await gather_limited(CREATE_PARALLEL, range(n), lambda _: ours.create(scenario, timeout=120))
@@ -203,16 +245,67 @@ async def daemon_pass(bench: Bench, n: int, store: str, turns: int, scenario: di
         run["create_s"] = time.monotonic() - t
         cursors = dict.fromkeys(sids, 0)
         await turn_on_all(bench, ours, sids, cursors)  # warm-up, not counted
-        measured = [await turn_on_all(bench, ours, sids, cursors) for _ in range(turns)]
+        run["idle_cpu_per_s"] = await idle_cpu(ours)
+        measured, rounds = [], []
+        for _ in range(pairs):
+            sdk_rounds = {kind: await sdk.round(turns) for kind, sdk in sdks.items()}
+            ours_turns = [await turn_on_all(bench, ours, sids, cursors) for _ in range(turns)]
+            measured += ours_turns
+            ours_round = sum_turns(ours_turns)
+            rounds.append({"sdk": sdk_rounds, **{k: ours_round[k] for k in (
+                "cpu_s", "us_per_event", "loop_us_per_event", "delivered", "lost", "eps")}})
         run.update(sum_turns(measured))
-        run["rounds"] = [{k: v for k, v in m.items() if k != "subs"} for m in measured]
+        run["rounds"] = rounds
+        run.update(pair_figures(rounds, turns, n))
+        if profile_sdk:
+            run.setdefault("profiles", []).append(await sdks["plain"].profile())
         if profile:
-            run["profile"] = await profiled_turn(bench, ours, sids, cursors, store)
+            run.setdefault("profiles", []).append(await profiled_turn(bench, ours, sids, cursors, store))
         assert ours.proc is not None
         run["cpu_after_s"] = cpu_s(ours.proc.pid)
     finally:
         run["stop"] = await bench.stop(ours)
     return run
+
+
+def pair_figures(rounds: list[dict[str, Any]], turns: int, n: int) -> dict[str, Any]:
+    """Medians over the alternating rounds; a ratio is the median of each round's own."""
+    plain = [r["sdk"]["plain"] for r in rounds]
+    ours = [r["us_per_event"] for r in rounds]
+    ratios = [o / s["us_per_frame"] for o, s in zip(ours, plain, strict=True)]
+    frames_per_turn = plain[0]["frames_per_turn"]
+    out: dict[str, Any] = {
+        "us_per_event": statistics.median(ours),
+        "loop_us_per_event": statistics.median([r["loop_us_per_event"] for r in rounds]),
+        "sdk_us_per_frame": statistics.median([s["us_per_frame"] for s in plain]),
+        "sdk_frames_per_s": statistics.median([s["frames_per_s"] for s in plain]),
+        "sdk_pipe_reads_per_frame": statistics.median([s["pipe_reads_per_frame"] for s in plain]),
+        "sdk_frames_per_turn": frames_per_turn,
+        "ratios": ratios, "ratio": statistics.median(ratios),
+    }
+    # The daemon's CPU per message its SDK yielded (the SDK alone's count per turn).
+    out["us_per_sdk_frame"] = statistics.median([r["cpu_s"] / (frames_per_turn * n * turns) * 1e6 for r in rounds])
+    out["eps"] = statistics.median([r["eps"] for r in rounds])
+    if all("mirror" in r["sdk"] for r in rounds):
+        mirrored = [r["sdk"]["mirror"]["us_per_frame"] for r in rounds]
+        out["ratios_mirror"] = [o / m for o, m in zip(ours, mirrored, strict=True)]
+        out["ratio_mirror"] = statistics.median(out["ratios_mirror"])
+        out["sdk_mirror_us_per_frame"] = statistics.median(mirrored)
+    return out
+
+
+IDLE_S = 3.0
+
+
+async def idle_cpu(server: Server) -> float:
+    """The daemon's CPU per second of wall time while its sessions wait for input: what
+    background work (timers, sweeps, keepalives) adds to a turn's figure."""
+    from bench.run import cpu_s
+
+    assert server.proc is not None
+    cpu0 = cpu_s(server.proc.pid)
+    await asyncio.sleep(IDLE_S)
+    return (cpu_s(server.proc.pid) - cpu0) / IDLE_S
 
 
 async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: dict[str, int]) -> dict[str, Any]:
@@ -230,7 +323,7 @@ async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: di
         raise RuntimeError(f"{server.label}: {ready['failed']} of {len(sids)} subscribers failed to connect")
     assert server.proc is not None
     pid = server.proc.pid
-    switches0 = loop_switches(pid)
+    switches0, pipe_reads0 = loop_switches(pid), read_calls(pid)
     cpu0, loop0 = cpu_s(pid), cpu_s(pid, thread=pid)  # the main thread runs the event loop
     t0 = time.monotonic()
     job.mark_t0(t0)
@@ -240,7 +333,7 @@ async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: di
         job.abort()
     results = await job.results()
     cpu, loop_cpu = cpu_s(pid) - cpu0, cpu_s(pid, thread=pid) - loop0
-    switches = loop_switches(pid) - switches0
+    switches, pipe_reads = loop_switches(pid) - switches0, read_calls(pid) - pipe_reads0
     delivered = sum(s.get("count", 0) for s in results)
     expected = lost = no_result = 0
     for sid, s in zip(sids, results, strict=True):
@@ -259,6 +352,7 @@ async def turn_on_all(bench: Bench, server: Server, sids: list[str], cursors: di
         "missing": sum(s.get("missing", 0) for s in results), "dups": sum(s.get("dups", 0) for s in results),
         "post_failed": sum(1 for c in codes if c != 204),
         "reads": sum(s.get("reads", 0) for s in results), "loop_switches": switches,
+        "pipe_reads": pipe_reads,
         "subs": results,
     }
 
@@ -282,7 +376,17 @@ def sum_turns(turns: list[dict[str, Any]]) -> dict[str, Any]:
         "client_cpu_s": sum(t["client_cpu_s"] for t in turns),
         "events_per_read": delivered / max(1, sum(t["reads"] for t in turns)),
         "loop_switches_per_event": sum(t["loop_switches"] for t in turns) / max(1, delivered),
+        "pipe_reads_per_event": sum(t["pipe_reads"] for t in turns) / max(1, delivered),
     }
+
+
+def read_calls(pid: int) -> int:
+    """read(2) calls the process has made (/proc/<pid>/io `syscr`): its CLIs' pipes and
+    files, not its sockets (recv is not counted there)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    return 0
 
 
 def loop_switches(pid: int) -> int:
@@ -426,17 +530,17 @@ def describe_profile(p: dict[str, Any]) -> str:
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     cost = results.get("cost") or {}
     out: list[tuple[str, str, str, str]] = []
-    sdk = {s["sessions"]: s for s in cost.get("sdk", [])}
     for run in cost.get("runs", []):
-        n, s = run["n"], sdk.get(run["n"])
-        if s is None or "us_per_event" not in run:
+        if "ratio" not in run:
             continue
-        out.append((f"cost: {n} session(s) x 1 sub, K={cost['k']}, {run['store']} store: daemon µs/event"
-                    f" / SDK-alone µs/frame",
-                    f"{run['us_per_event']:.1f} / {s['us_per_frame']:.1f} ({run['ratio']:.2f}x)", "(not run)", ""))
+        out.append((f"cost: {run['n']} session(s) x 1 sub, K={cost['k']}, {run['store']} store: daemon µs/event"
+                    f" / SDK-alone µs/frame (medians of {run['pairs']} alternating rounds)",
+                    f"{run['us_per_event']:.1f} / {run['sdk_us_per_frame']:.1f} ({run['ratio']:.2f}x;"
+                    f" rounds {fmt_range(run['ratios'])})", "(not run)", ""))
         if "ratio_mirror" in run:
             out.append(("  SDK alone with a transcript mirror (InMemorySessionStore): µs/frame",
-                        f"{run['sdk_mirror_us_per_frame']:.1f} ({run['ratio_mirror']:.2f}x)", "", ""))
+                        f"{run['sdk_mirror_us_per_frame']:.1f} ({run['ratio_mirror']:.2f}x;"
+                        f" rounds {fmt_range(run['ratios_mirror'])})", "", ""))
         out.append(("  daemon µs per SDK frame; delivered events/s; events lost; events per SSE read",
                     f"{run['us_per_sdk_frame']:.1f}; {run['eps']:,.0f}; {run['lost']}; {run['events_per_read']:.1f}",
                     "", ""))

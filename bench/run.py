@@ -1114,6 +1114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cost-sessions", type=lambda s: [int(x) for x in s.split(",")],
                    help="concurrently streaming sessions in the cost phase (default 1,200, quick 1,20)")
     p.add_argument("--cost-events", type=int, help="events per turn in the cost phase (default 500, quick 200)")
+    p.add_argument("--cost-pairs", type=int,
+                   help="cost phase: alternating rounds of the SDK alone and the daemon (default 5, quick 2)")
     p.add_argument("--cost-store", default="memory,sqlite", help="stores for the cost phase (memory, sqlite)")
     p.add_argument("--cost-min-events", type=int,
                    help="rounds in the cost phase: enough for this many events (default 10000, quick 2000)")
@@ -1169,6 +1171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad_stores := [x for x in args.cost_stores if x not in ("memory", "sqlite")]:
         p.error(f"unknown --cost-store {bad_stores}; choose from memory, sqlite")
     args.cost_min_events = args.cost_min_events or (2000 if q else 10_000)
+    args.cost_pairs = args.cost_pairs or (2 if q else 5)
     args.cost_timeout = 120.0
     args.sandbox_samples = args.sandbox_samples or (6 if q else 20)
     args.cluster_sessions = args.cluster_sessions or (60 if q else 300)

@@ -1,19 +1,26 @@
 """The SDK alone, the `cost` phase's baseline (bench/costs.py): what one bare
 `ClaudeSDKClient` costs per message it yields, with no daemon around it.
 
-    python bench/sdk_alone.py --sessions N --cli PATH --dir DIR [--turns T] [--mirror] [--profile OUT]
+    python bench/sdk_alone.py --sessions N --cli PATH --dir DIR [--mirror]
 
 N clients on the same stand-in CLI, each in its own cwd under DIR holding the same
 scenario.json the daemon's sessions get (the caller writes them: DIR/0, DIR/1, ...), with
 `include_partial_messages` on as in the daemon's config; with --mirror, also with the
 SDK's InMemorySessionStore as `session_store` (flush "eager"), as the daemon's SQLite and
 Postgres stores give it theirs: the CLI then mirrors its transcript, and the SDK reads
-those frames and hands the entries to the store. All connect, then one warm-up
-query on every client together (not counted; its turn may be a shorter one); then T rounds of one query on every client
-together, each read to its `ResultMessage` through `receive_response()`. Measured: this
-process's own CPU (RUSAGE_SELF: the CLI processes are children and are not in it) across
-the measured rounds, and every message received (frames), by type. One JSON object on
-stdout.
+those frames and hands the entries to the store. All connect, then one warm-up query on
+every client together (not counted; its turn may be a shorter one), and one JSON line
+`{"ready": ...}` on stdout. Then it serves the caller, one command per stdin line, one
+JSON line out for each, so that its rounds can alternate with the daemon's in one run
+(the machine's load drifts; a ratio of two rounds taken minutes apart measures that):
+
+    round T             T turns of one query on every client together, each read to its
+                        `ResultMessage` through `receive_response()`; this process's own
+                        CPU across them (RUSAGE_SELF: the CLI processes are children and are
+                        not in it), the messages received (frames) by type, read(2) calls
+    profile PATH RATE   one more such turn under `py-spy record` (collapsed stacks to PATH)
+
+It disconnects and exits at the end of stdin.
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def read_calls() -> int:
+    """read(2) calls this process has made (its CLIs' pipes; /proc/self/io `syscr`)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    return 0
+
+
 async def one_turn(client: ClaudeSDKClient, kinds: Counter[str]) -> int:
     """Send one user message and read to its result; the number of messages received."""
     await client.query("go")
@@ -48,11 +63,30 @@ async def one_turn(client: ClaudeSDKClient, kinds: Counter[str]) -> int:
     return count
 
 
-async def profiled_round(clients: list[ClaudeSDKClient], args: argparse.Namespace) -> None:
+async def measured_round(clients: list[ClaudeSDKClient], turns: int) -> dict[str, Any]:
+    kinds: Counter[str] = Counter()
+    frames, wall_s = 0, 0.0
+    cpu0, reads0 = own_cpu_s(), read_calls()
+    for _ in range(turns):
+        t0 = time.monotonic()
+        frames += sum(await asyncio.gather(*(one_turn(c, kinds) for c in clients)))
+        wall_s += time.monotonic() - t0
+    cpu_s, reads = own_cpu_s() - cpu0, read_calls() - reads0
+    return {
+        "cpu_s": cpu_s, "frames": frames, "wall_s": wall_s,
+        "us_per_frame": cpu_s / frames * 1e6 if frames else None,
+        "frames_per_s": frames / wall_s if wall_s else None,
+        "pipe_reads_per_frame": reads / frames if frames else None,
+        "frames_per_turn": frames / (len(clients) * turns),
+        "kinds_per_turn": {k: v / (len(clients) * turns) for k, v in sorted(kinds.items())},
+    }
+
+
+async def profiled_round(clients: list[ClaudeSDKClient], path: str, rate: str) -> dict[str, Any]:
     py_spy = Path(sys.executable).parent / "py-spy"
     spy = await asyncio.create_subprocess_exec(
-        str(py_spy), "record", "--pid", str(os.getpid()), "--rate", str(args.rate), "--nonblocking",
-        "--format", "raw", "--nolineno", "-o", args.profile,
+        str(py_spy), "record", "--pid", str(os.getpid()), "--rate", rate, "--nonblocking",
+        "--format", "raw", "--nolineno", "-o", path,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -62,9 +96,15 @@ async def profiled_round(clients: list[ClaudeSDKClient], args: argparse.Namespac
         if spy.returncode is None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         await asyncio.wait_for(spy.wait(), 30)
+    return {"profile": path}
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+def say(out: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
+async def main(args: argparse.Namespace) -> None:
     root = Path(args.dir)
     clients = [
         ClaudeSDKClient(
@@ -91,42 +131,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         warm: Counter[str] = Counter()
         await asyncio.gather(*(one_turn(c, warm) for c in clients))
-        kinds: Counter[str] = Counter()
-        rounds = []
-        cpu0 = own_cpu_s()
-        for _ in range(args.turns):
-            t0 = time.monotonic()
-            counts = await asyncio.gather(*(one_turn(c, kinds) for c in clients))
-            rounds.append({"wall_s": time.monotonic() - t0, "frames": sum(counts),
-                           "per_client_min": min(counts), "per_client_max": max(counts)})
-        cpu_s = own_cpu_s() - cpu0
-        if args.profile:
-            await profiled_round(clients, args)
+        say({"ready": True, "sessions": args.sessions, "mirror": args.mirror, "connect_s": connect_s,
+             "warmup_kinds_per_turn": {k: v / args.sessions for k, v in sorted(warm.items())}})
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            command, *rest = line.split()
+            if command == "round":
+                say(await measured_round(clients, int(rest[0])))
+            elif command == "profile":
+                say(await profiled_round(clients, rest[0], rest[1]))
+            else:
+                say({"error": f"unknown command {command!r}"})
     finally:
         await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
-    frames = sum(r["frames"] for r in rounds)
-    wall_s = sum(r["wall_s"] for r in rounds)
-    return {
-        "sessions": args.sessions, "turns": args.turns, "mirror": args.mirror, "connect_s": connect_s,
-        "cpu_s": cpu_s, "frames": frames, "wall_s": wall_s,
-        "us_per_frame": cpu_s / frames * 1e6 if frames else None,
-        "frames_per_s": frames / wall_s if wall_s else None,
-        "frames_per_turn": frames / (args.sessions * args.turns),
-        "kinds_per_turn": {k: v / (args.sessions * args.turns) for k, v in sorted(kinds.items())},
-        "warmup_kinds_per_turn": {k: v / args.sessions for k, v in sorted(warm.items())},
-        "rounds": rounds,
-    }
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sessions", type=int, required=True)
-    p.add_argument("--turns", type=int, default=1)
     p.add_argument("--cli", required=True)
     p.add_argument("--dir", required=True)
     p.add_argument("--mirror", action="store_true", help="with an in-memory session_store (transcript mirror)")
-    p.add_argument("--profile", help="py-spy's collapsed stacks of one more round go to this file")
-    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
-    out = asyncio.run(main(p.parse_args()))
-    json.dump(out, sys.stdout)
-    print()
+    asyncio.run(main(p.parse_args()))
