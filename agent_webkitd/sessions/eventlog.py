@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..protocol.frames import encode_parts, join_frame
+from ..protocol.frames import encode_event
 from ..stores.base import Store
 
 WAKE_INTERVAL_S = 0.005
@@ -119,16 +119,16 @@ class EventLog:
             raise RuntimeError("append to a closed event log")
         seq = self.last_seq + 1
         try:
-            head, text = encode_parts(seq, name, data)
+            frame, text = encode_event(seq, name, data)
         except (TypeError, ValueError) as exc:
             name, data = (
                 "error",
                 {"code": "encode_failed", "message": f"could not encode {name}: {exc}"},
             )
-            head, text = encode_parts(seq, name, data)
+            frame, text = encode_event(seq, name, data)
         if self._ring is None:
             self._ring = [b""] * self._size
-        self._ring[seq % self._size] = join_frame(head, text)
+        self._ring[seq % self._size] = frame
         self.last_seq = seq
         if name in URGENT_EVENTS:
             self._urgent_seq = seq
