@@ -58,6 +58,23 @@ async def test_lone_surrogates_are_escaped_not_fatal() -> None:
     assert parse(log.frames_after(0, 1)[0])[2] == {"text": "bad \ud800 half"}
 
 
+async def test_json_that_orjson_refuses_is_still_encoded_and_stored_as_sent() -> None:
+    texts: list[str] = []
+
+    class Keeps(MemoryStore):
+        def append(self, log, seq, name, text):  # type: ignore[no-untyped-def]
+            texts.append(text)
+            super().append(log, seq, name, text)
+
+    log = EventLog("s", 8, Keeps())
+    for data in ({"n": 2**70}, {"by_number": {1: "one"}}, {"text": "é ✓", "x": 1.5}):
+        seq = log.append("e", data)
+        frame = log.frames_after(seq - 1, 1)[0]
+        assert parse(frame)[2] == json.loads(json.dumps(data))  # int keys become strings
+        # What the store keeps rebuilds the live frame byte for byte (a replay).
+        assert frame == f"id: {seq}\nevent: e\ndata: {texts[-1]}\n\n".encode()
+
+
 async def test_a_waiter_is_woken_by_append_pulse_and_close() -> None:
     log = EventLog("s", 8, MemoryStore())
     for action in (lambda: log.append("e", {}), log.pulse, log.close):
