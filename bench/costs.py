@@ -106,8 +106,8 @@ async def phase_cost(bench: Bench) -> dict[str, Any]:
     scenario = cost_scenario(k, a.cost_stream_ms)
     for n in levels:
         turns = rounds_for(n, k, a.cost_min_events)
+        profile = a.cost_profile and n == max(levels)
         for i, store in enumerate(stores):
-            profile = a.cost_profile and n == max(levels)
             run = await store_pass(bench, n, store, turns, pairs, scenario, profile=profile, profile_sdk=profile and i == 0)
             for p in run.pop("profiles", []):
                 out["profiles"].append(p)

@@ -21,11 +21,11 @@ def encode_event(seq: int, name: str, data: dict[str, Any]) -> tuple[bytes, str]
     plain JSON. The text is what a durable store keeps, so a replayed frame is
     byte-identical to the live one."""
     try:
-        # orjson: every event is encoded once, and the standard encoder took 2.5 µs of
-        # the 0.4 this takes for a typical one.
+        # orjson: every event is encoded here, and the standard encoder took 2.9 µs for
+        # a typical one where this takes 0.4.
         body = orjson.dumps(data)
     except TypeError:  # orjson.JSONEncodeError: what orjson refuses, json may take
-        text = _json_text(data)  # (ints beyond 64 bits, keys that are not strings)
+        text = _json_text(data)  # (ints past 64 bits, non-string keys, lone surrogates)
         return join_frame(_head(seq, name), text), text
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), body), body.decode()
 
