@@ -41,6 +41,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk._errors import MessageParseError
 
+from . import sdk_reader
 from .sandbox import Confinement
 from .toolsets import ToolHost, Toolset
 
@@ -235,7 +236,7 @@ class Agent:
         """Hand every message to the session until the process goes away."""
         while True:
             try:
-                async for message in self.client.receive_messages():
+                async for message in sdk_reader.messages(self.client):
                     if self.session is None:
                         self._early.append(message)
                     else:
