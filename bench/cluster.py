@@ -21,6 +21,7 @@ Run it alone with `.venv/bin/python -m bench.run --only cluster`.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -176,7 +177,20 @@ def nginx_evidence(cluster: Cluster) -> dict[str, Any]:
         if "[error]" in line or "[warn]" in line:
             message = re.sub(r"^.*?\*\d+ ", "", line).split(", client:")[0]
             kinds[re.sub(r"\d+", "N", message)] += 1
-    return {"nginx_5xx": passed[:50], "nginx_errors": dict(kinds.most_common(10))}
+    slow = slow_requests(cluster)
+    return {"nginx_5xx": passed[:50], "nginx_errors": dict(kinds.most_common(10)),
+            "slow_requests": len(slow), "slowest": slow[:50]}
+
+
+def slow_requests(cluster: Cluster) -> list[dict[str, Any]]:
+    """Each host's own account of its slow requests (`http_request` at the warning level),
+    slowest first: what a host nginx gave up on was doing."""
+    fields = ("method", "path", "status", "duration_ms", "timestamp")
+    slow = [{"host": host, **{k: entry.get(k) for k in fields}}
+            for host in range(len(cluster.hosts))
+            for line in cluster.logs(host).splitlines() if '"slow": true' in line
+            for entry in [json.loads(line)]]
+    return sorted(slow, key=lambda e: -e["duration_ms"])
 
 
 def describe(out: dict[str, Any]) -> None:
@@ -192,6 +206,9 @@ def describe(out: dict[str, Any]) -> None:
         f" {out['seen_responses']} responses")
     for p in out["nginx_5xx"][:8]:
         log(f"    {p['status']} {p['method']} {p['path']}: passed to {p['upstreams']}, answers {p['upstream_statuses']}")
+    log(f"  requests a host logged as slow (>= 1 s, not streams): {out['slow_requests']}")
+    for e in out["slowest"][:4]:
+        log(f"    host {e['host']}: {e['method']} {e['path']} {e['status']} in {e['duration_ms']:.0f} ms at {e['timestamp']}")
     for message, count in out["nginx_errors"].items():
         log(f"    nginx error log: {count} x {message[:150]}")
     others = sorted(k for k in oc if k not in ("result", "error turn_lost"))

@@ -326,3 +326,24 @@ async def test_the_variable_wins_over_its_file_which_wins_over_the_systemd_crede
     assert [await opens(daemon, t) for t in (TOKEN, "from-file", "from-credential")] == [False, True, False]
     daemon = await start_daemon(env={"AGENT_WEBKIT_AUTH_TOKEN": "", **credentials})
     assert [await opens(daemon, t) for t in (TOKEN, "from-file", "from-credential")] == [False, False, True]
+
+
+async def test_a_slow_request_is_logged_as_a_warning_and_a_long_stream_is_not(start_daemon: Any) -> None:
+    """A proxy gives up on a slow host after a few seconds; the host's log, at the warning
+    level production runs with, must say which request was slow."""
+    daemon = await start_daemon({"logging": {"level": "warning"}, "agent": {"warm_agents": 0}})
+    async with api_for(daemon) as api:
+        slow_start = daemon.session_dir({"turns": [{"steps": [{"text": "hi"}]}], "on_start": {"delay": 1.3}})
+        session_id = await api.create(cwd=str(slow_start))
+        stream = await api.open_stream(session_id, 0)
+        await asyncio.sleep(1.2)  # a stream open longer than a slow request takes
+        await api.say(session_id, "hello")
+        await stream.until("result")
+        stream.close()
+    await daemon.stop()
+    lines = [json.loads(line) for line in daemon.logs().splitlines() if line.strip()]
+    requests = [line for line in lines if line["event"] == "http_request"]
+    assert [(r["method"], r["path"], r["level"], r["slow"]) for r in requests] == [
+        ("POST", "/sessions", "warning", True)
+    ], requests
+    assert requests[0]["duration_ms"] >= 1000

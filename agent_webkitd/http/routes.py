@@ -39,6 +39,9 @@ OPENAPI = openapi.render().encode()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUBSCRIBER_HEADER = "X-Subscriber-ID"
 CLIENT_CLOSED = 499
+# A plain request slower than this is logged as a warning: a proxy in front gives up at a
+# few seconds (conf/nginx-cluster.conf: 5 s), and then only this host's log says why.
+SLOW_REQUEST_S = 1.0
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 CONFIG = web.AppKey("config", Config)
@@ -101,15 +104,23 @@ def _account(request: web.Request, status: int, started: float) -> None:
         }
     )
     principal = request.get(PRINCIPAL)
+    duration = time.monotonic() - started
+    # Streams and file transfers last as long as they must; anything else is slow.
+    slow = duration >= SLOW_REQUEST_S and not (route is not None and _long_lived(route.canonical))
     # The path only: a query string can hold a stream ticket, and never reaches a log.
-    log.info(
+    (log.warning if slow else log.info)(
         "http_request",
         method=request.method,
         path=request.path,
         principal=principal.name if principal is not None else None,
         status=status,
-        duration_ms=round((time.monotonic() - started) * 1000, 1),
+        duration_ms=round(duration * 1000, 1),
+        **({"slow": True} if slow else {}),
     )
+
+
+def _long_lived(route: str) -> bool:
+    return route.endswith("/stream") or "/files" in route
 
 
 def _error_code(response: web.Response) -> str:
