@@ -113,6 +113,7 @@ class PostgresStore(GroupCommitWriter):
             max_size=self.config.pool_max,
             # Each host has its own pool and statements are few; keep server memory flat.
             max_inactive_connection_lifetime=300,
+            reset=_nothing_to_reset,
             # A host frozen mid-transaction (SIGSTOP, a paused VM) would hold its row locks,
             # and every claim of its sessions would wait on them: PostgreSQL ends such a
             # transaction once the lease has run out anyway.
@@ -417,6 +418,13 @@ class PostgresStore(GroupCommitWriter):
             return await conn.fetchrow(
                 _CLAIM.format("s.owner = $4"), session_id, self.node_id, principal, dead_owner
             )
+
+
+async def _nothing_to_reset(_: asyncpg.Connection) -> None:
+    """The pool's reset on every release, without asyncpg's default query (a round trip of
+    UNLISTEN, RESET ALL, CLOSE ALL, advisory unlock): this store never LISTENs, sets
+    session settings, opens cursors outside a transaction or takes session-level locks.
+    An open transaction is still rolled back by the pool itself."""
 
 
 async def owner_is_gone(owner: str, url: str | None) -> bool:
