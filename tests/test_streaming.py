@@ -118,6 +118,23 @@ async def test_a_cursor_that_fell_out_of_the_ring_gets_412_but_the_edge_still_wo
         edge.close()
 
 
+async def test_a_subscriber_that_keeps_up_is_not_evicted_by_a_burst_many_rings_long(start_daemon: Any) -> None:
+    """The CLI's messages are read in batches; a batch longer than the ring must still
+    reach a subscriber that reads as fast as it can (memory store: no store to fall back on)."""
+    daemon = await start_daemon({"sessions": {"ring_size": 8}})
+    async with api_for(daemon) as api:
+        session_id = await api.create(cwd=str(daemon.session_dir({"turns": [{"steps": [{"events": 400, "text": "x"}]}]})))
+        stream = await api.open_stream(session_id, 0)
+        await api.say(session_id, "go")
+        seen = [await stream.next()]
+        while seen[-1].name != "result":
+            seen.append(await stream.next())
+        stream.close()
+    assert [e.name for e in seen if e.name == "error"] == [], [e.data for e in seen if e.name == "error"]
+    assert [e.id for e in seen] == list(range(1, len(seen) + 1))
+    assert sum(1 for e in seen if e.name == "message_complete") >= 400
+
+
 async def test_keepalive_comments_arrive_while_idle_and_the_stream_stays_open(start_daemon: Any) -> None:
     daemon = await start_daemon({"server": {"keepalive_s": 0.4}})
     async with api_for(daemon) as api:

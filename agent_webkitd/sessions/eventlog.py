@@ -101,6 +101,7 @@ class EventLog:
         self._woken_seq = last_seq
         self._urgent_seq = 0  # the newest event that must not wait for a paced wake-up
         self._wake_batch = max(1, ring_size // 4)
+        self._yielded_seq = last_seq
 
     @property
     def first_seq(self) -> int:
@@ -134,6 +135,15 @@ class EventLog:
             self._urgent_seq = seq
         self._store.append(self, seq, name, text)
         return seq
+
+    def crowded(self) -> bool:
+        """True once a quarter of the ring has been appended since the last True. The
+        producer then yields a loop pass, so subscribers write those events before the ring
+        wraps under them: a CLI's messages are read in batches without one (sdk_reader)."""
+        if self.last_seq - self._yielded_seq < self._wake_batch:
+            return False
+        self._yielded_seq = self.last_seq
+        return True
 
     def publish(self, seq: int) -> None:
         """Events up to `seq` are durable: let subscribers have them."""

@@ -494,6 +494,8 @@ class Session:
             await self.spec.sync.checkpoint(self.id, self.spec.cwd)  # before the result shows
         if self.bridge.handle(message):
             self.turns.ended()
+        if self.log.crowded():
+            await asyncio.sleep(0)
         claude_session_id = self.bridge.claude_session_id
         if claude_session_id and claude_session_id != self.claude_session_id:
             self.claude_session_id = claude_session_id  # a resume may change it
